@@ -1,0 +1,126 @@
+"""Parts shared by every Slipway resource: the base model, conditions,
+resource amounts and the CRD description each resource module exports."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "slipway.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "slipway"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "slipway"}
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model: camelCase on the wire, snake_case in Python.
+
+    Unknown fields are ignored on parse: the apiserver has already validated the
+    object against the CRD, and a newer CRD must not crash an older operator.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        """The camelCase dict as it appears on the apiserver, without unset Nones."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: str = Field(description="Type of condition, e.g. Ready, Running, Succeeded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="A CamelCase machine-readable reason.")
+    message: str = Field("", description="A human-readable explanation.")
+    last_transition_time: str | None = Field(
+        None, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+class ComputeResources(ApiModel):
+    """CPU and memory for one container, as Kubernetes quantities."""
+
+    cpu: str | None = Field(None, description="CPU request and limit, e.g. '4' or '500m'.",
+                            pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str | None = Field(
+        None, description="Memory request and limit, e.g. '16Gi'.",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+    )
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return *conditions* with *type_* set. lastTransitionTime moves only when the
+    status flips, as the Kubernetes API conventions ask."""
+    status_str = status if isinstance(status, str) else ("True" if status else "False")
+    out = [dict(c) for c in conditions]
+    for cond in out:
+        if cond.get("type") == type_:
+            if cond.get("status") != status_str:
+                cond["lastTransitionTime"] = now or now_rfc3339()
+            cond.update(status=status_str, reason=reason, message=message)
+            if generation is not None:
+                cond["observedGeneration"] = generation
+            return out
+    new = {"type": type_, "status": status_str, "reason": reason, "message": message,
+           "lastTransitionTime": now or now_rfc3339()}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    out.append(new)
+    return out
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: str = "string"
+    description: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class CRDInfo:
+    """Everything crdgen needs to write one CustomResourceDefinition."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    spec_model: type[ApiModel]
+    status_model: type[ApiModel]
+    description: str
+    printer_columns: tuple[PrinterColumn, ...] = ()
+    # CEL rules on the whole object (they may compare spec with oldSelf or status).
+    root_validations: tuple[dict[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def name(self) -> str:
+        return f"{self.plural}.{GROUP}"

@@ -1,0 +1,207 @@
+"""TrainingJob: GPU training as batch/v1 Jobs (single pod or multi-node torchrun)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from slipway.api.common import ApiModel, ComputeResources, Condition, CRDInfo, PrinterColumn
+
+MAX_GPUS_PER_WORKER = 16
+MAX_WORKERS = 512
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Job pod hostnames are "<job>-<index>": keep TrainingJob names short enough.
+MAX_NAME_LENGTH = 45
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the training container."""
+
+    name: str = Field(description="Variable name.", min_length=1, max_length=253,
+                      pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = Field(None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        None, description="Source for the value (secretKeyRef, configMapKeyRef, fieldRef...).")
+
+
+class Distributed(ApiModel):
+    """Multi-process / multi-node training."""
+
+    backend: Literal["torchrun"] = Field(
+        "torchrun", description="Launcher whose environment is injected. Only torchrun.")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=MAX_GPUS_PER_WORKER,
+        description="Processes per worker (PET_NPROC_PER_NODE). Defaults to gpusPerWorker, or 1.")
+    master_port: int = Field(29500, ge=1024, le=65535,
+                             description="Rendezvous port on worker 0 (MASTER_PORT).")
+
+
+class RunPolicy(ApiModel):
+    """Retries, deadlines, clean-up and suspension, as in Kubeflow's runPolicy."""
+
+    backoff_limit: int = Field(3, ge=0, le=100,
+                               description="Pod failures tolerated before the job is Failed.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Wall-clock limit; exceeding it fails with DeadlineExceeded.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the TrainingJob this long after it finishes.")
+    suspend: bool = Field(False, description="Stop all pods now; set back to false to resume.")
+
+
+class Checkpoint(ApiModel):
+    """A volume that survives retries, so training can resume."""
+
+    claim_name: str = Field(description="PersistentVolumeClaim mounted on every worker.",
+                            min_length=1, max_length=253)
+    mount_path: str = Field("/checkpoints", pattern=r"^/.*",
+                            description="Mount path; also exported as CHECKPOINT_DIR.")
+
+
+class Output(ApiModel):
+    """Where the trained model lands. Reported in status.output on success."""
+
+    uri: str = Field(
+        description="Model URI template. {name}, {namespace} and {version} are substituted, "
+                    "e.g. s3://models/{name}/{version}.",
+        pattern=r"^(s3|gs|pvc|https|file)://.+")
+    version: str | None = Field(
+        None, max_length=63,
+        description="Model version. Defaults to v<metadata.generation>.")
+    format: str | None = Field(None, description="Model format, e.g. sklearn or xgboost.")
+
+
+class PodTemplateMeta(ApiModel):
+    labels: dict[str, str] | None = Field(None, description="Extra pod labels.")
+    annotations: dict[str, str] | None = Field(None, description="Extra pod annotations.")
+
+
+class PodTemplate(ApiModel):
+    """Escape hatch merged into the generated pod template (volumes, sidecars, ...)."""
+
+    metadata: PodTemplateMeta | None = Field(None, description="Extra pod labels/annotations.")
+    spec: dict[str, Any] | None = Field(
+        None, description="A partial PodSpec, merged deterministically: maps merge, lists of "
+                          "named items (containers, volumes, env) merge by name, else replace.")
+
+
+class TrainingJobSpec(ApiModel):
+    """What to train, on what hardware, and how to handle failure."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
+        {"rule": "!has(self.distributed) || !has(self.distributed.nprocPerNode) || "
+                 "!has(self.gpusPerWorker) || self.gpusPerWorker == 0 || "
+                 "self.distributed.nprocPerNode <= self.gpusPerWorker",
+         "message": "spec.distributed.nprocPerNode must not exceed spec.gpusPerWorker",
+         "fieldPath": ".distributed.nprocPerNode"},
+        {"rule": "!has(self.gpuType) || (has(self.gpusPerWorker) && self.gpusPerWorker > 0)",
+         "message": "spec.gpuType needs spec.gpusPerWorker > 0",
+         "fieldPath": ".gpuType"},
+        {"rule": "self.workers == 1 || has(self.distributed)",
+         "message": "spec.workers > 1 needs spec.distributed (e.g. backend: torchrun)",
+         "fieldPath": ".workers"},
+    ]}}
+
+    image: str = Field(description="Container image of the training code.", min_length=1)
+    command: list[str] | None = Field(None, description="Entrypoint override.")
+    args: list[str] | None = Field(None, description="Arguments to the entrypoint.")
+    env: list[EnvVar] | None = Field(None, description="Extra environment variables.")
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="Number of worker pods.")
+    gpus_per_worker: int = Field(0, ge=0, le=MAX_GPUS_PER_WORKER,
+                                 description="nvidia.com/gpu requested by each worker.")
+    gpu_type: str | None = Field(
+        None, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="GPU product, matched against the node label nvidia.com/gpu.product, "
+                    "e.g. NVIDIA-H100-80GB-HBM3.")
+    resources: ComputeResources | None = Field(None, description="CPU and memory per worker.")
+    node_selector: dict[str, str] | None = Field(None, description="Extra node selector.")
+    tolerations: list[dict[str, Any]] | None = Field(
+        None, description="Extra tolerations (the nvidia.com/gpu taint is tolerated already "
+                          "when GPUs are requested).")
+    distributed: Distributed | None = Field(None, description="Multi-node torchrun settings.")
+    run_policy: RunPolicy | None = Field(None, description="Retries, deadline, TTL, suspend.")
+    queue: str | None = Field(
+        None, max_length=63, pattern=DNS_LABEL,
+        description="Kueue LocalQueue: sets kueue.x-k8s.io/queue-name and starts suspended "
+                    "until Kueue admits the job.")
+    checkpoint: Checkpoint | None = Field(None, description="Volume kept across retries.")
+    output: Output | None = Field(None, description="The model artifact this job produces.")
+    pod_template: PodTemplate | None = Field(None, description="Pod template overrides.")
+
+    @property
+    def policy(self) -> RunPolicy:
+        return self.run_policy or RunPolicy()
+
+    @property
+    def nproc_per_node(self) -> int:
+        if self.distributed and self.distributed.nproc_per_node:
+            return self.distributed.nproc_per_node
+        return max(self.gpus_per_worker, 1)
+
+
+class WorkerCounts(ApiModel):
+    active: int = Field(0, description="Pods running now.")
+    succeeded: int = Field(0, description="Pods that completed.")
+    failed: int = Field(0, description="Pods that failed (each one a retry).")
+
+
+class OutputStatus(ApiModel):
+    uri: str = Field(description="Resolved model URI.")
+    version: str = Field(description="Model version.")
+    format: str | None = Field(None, description="Model format, when declared.")
+
+
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
+
+
+class TrainingJobStatus(ApiModel):
+    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed.")
+    message: str | None = Field(None, description="Why the job is in this phase.")
+    conditions: list[Condition] | None = Field(
+        None, description="Created, Running, Suspended, Succeeded, Failed.")
+    observed_generation: int | None = Field(None, description="Generation last reconciled.")
+    job_name: str | None = Field(None, description="The batch/v1 Job running the workers.")
+    service_name: str | None = Field(None, description="Headless Service of a multi-node job.")
+    workers: WorkerCounts | None = Field(None, description="Pod counts from the Job.")
+    restarts: int | None = Field(None, description="Worker pods that failed and were retried.")
+    gpus: int | None = Field(None, description="Total GPUs requested (workers x gpusPerWorker).")
+    start_time: str | None = Field(None, description="When the Job started.")
+    completion_time: str | None = Field(None, description="When the job finished.")
+    duration: str | None = Field(None, description="Run time of a finished job, e.g. 5m12s.")
+    output: OutputStatus | None = Field(None, description="The model produced on success.")
+
+
+_RUNNING_IMMUTABLE = (
+    "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase != 'Running' "
+    "|| (has(oldSelf.spec.runPolicy) && has(oldSelf.spec.runPolicy.suspend) "
+    "&& oldSelf.spec.runPolicy.suspend)"
+)
+
+CRD = CRDInfo(
+    kind="TrainingJob",
+    plural="trainingjobs",
+    short_names=("tj",),
+    spec_model=TrainingJobSpec,
+    status_model=TrainingJobStatus,
+    description="TrainingJob runs GPU training on Kubernetes as batch/v1 Jobs: one pod, or "
+                "multi-node torchrun through an Indexed Job and a headless Service.",
+    printer_columns=(
+        PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Workers", ".spec.workers", "integer"),
+        PrinterColumn("GPUs", ".status.gpus", "integer"),
+        PrinterColumn("Restarts", ".status.restarts", "integer", priority=1),
+        PrinterColumn("Duration", ".status.duration"),
+        PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        PrinterColumn("Message", ".status.message", priority=1),
+    ),
+    root_validations=(
+        {"rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+         "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters"},
+        {"rule": f"self.spec.image == oldSelf.spec.image || {_RUNNING_IMMUTABLE}",
+         "message": "spec.image is immutable while the job is Running; suspend it first",
+         "fieldPath": ".spec.image"},
+        {"rule": f"self.spec.workers == oldSelf.spec.workers || {_RUNNING_IMMUTABLE}",
+         "message": "spec.workers is immutable while the job is Running; suspend it first",
+         "fieldPath": ".spec.workers"},
+    ),
+)

@@ -1,0 +1,1 @@
+"""Pure builders: parsed spec in, child manifests (plain dicts) out. No I/O."""

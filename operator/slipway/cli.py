@@ -1,0 +1,121 @@
+"""The `slipway` command: run the operator, generate CRDs, drive the dev cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from slipway import __version__
+
+DEFAULT_DEV_DIR = Path(os.environ.get("SLIPWAY_DEV_DIR",
+                                      Path.home() / ".cache" / "slipway" / "dev"))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from slipway.config import SETTINGS
+    from slipway.runner import run
+
+    settings = SETTINGS.model_copy(update={
+        k: v for k, v in {
+            "namespace": args.namespace, "peering": args.peering or None,
+            "json_logs": args.json_logs or None, "liveness_port": args.liveness_port,
+            "metrics_port": args.metrics_port,
+        }.items() if v is not None
+    })
+    run(settings)
+    return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from slipway.crdgen import write_all
+
+    changed = write_all(Path(args.out), check=args.check)
+    if args.check and changed:
+        print("out of date (run `slipway crds`): " + ", ".join(map(str, changed)), file=sys.stderr)
+        return 1
+    for path in changed:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_dev_up(args: argparse.Namespace) -> int:
+    from slipway.devcluster import Cluster
+
+    cluster = Cluster(Path(args.dir), gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes,
+                      gpus_per_node=args.gpus_per_node, install_crds=not args.no_crds)
+    cluster.start()
+    print(json.dumps({"timings_s": cluster.timings, "rss_mib": cluster.rss_mib()}),
+          file=sys.stderr)
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    print(f"export PATH={cluster.bin}:$PATH")
+    return 0
+
+
+def _cmd_dev_down(args: argparse.Namespace) -> int:
+    from slipway.devcluster.cluster import stop_from_state
+
+    stopped = stop_from_state(Path(args.dir))
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _cmd_dev_demo(args: argparse.Namespace) -> int:
+    from slipway.devcluster.demo import run_demo
+
+    return run_demo(Path(args.dir), keep=args.keep)
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slipway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator (Kopf)")
+    run.add_argument("--namespace", help="watch only this namespace (default: all)")
+    run.add_argument("--peering", action="store_true", help="enable Kopf peering")
+    run.add_argument("--json-logs", action="store_true", help="log as JSON lines")
+    run.add_argument("--liveness-port", type=int, help="port of /healthz (default 8080)")
+    run.add_argument("--metrics-port", type=int, help="port of /metrics (0 disables)")
+    run.set_defaults(func=_cmd_run)
+
+    crds = sub.add_parser("crds", help="generate crds/ from the API models")
+    crds.add_argument("--out", default="crds")
+    crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
+    crds.set_defaults(func=_cmd_crds)
+
+    dev = sub.add_parser("dev", help="the local control plane")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_sub.add_parser("up", help="build (if needed) and start a local cluster")
+    up.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
+    up.add_argument("--gpu-nodes", type=int, default=4)
+    up.add_argument("--cpu-nodes", type=int, default=2)
+    up.add_argument("--gpus-per-node", type=int, default=8)
+    up.add_argument("--no-crds", action="store_true", help="skip installing CRDs")
+    up.set_defaults(func=_cmd_dev_up)
+    down = dev_sub.add_parser("down", help="stop the local cluster")
+    down.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
+    down.set_defaults(func=_cmd_dev_down)
+    demo = dev_sub.add_parser("demo", help="cluster + operator + samples, end to end")
+    demo.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
+    demo.add_argument("--keep", action="store_true", help="leave the cluster running")
+    demo.set_defaults(func=_cmd_dev_demo)
+
+    ver = sub.add_parser("version", help="print the version")
+    ver.set_defaults(func=_cmd_version)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

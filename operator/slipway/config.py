@@ -1,0 +1,38 @@
+"""Operator settings from environment variables (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+
+class Settings(BaseModel):
+    namespace: str | None = Field(None, description="Watch one namespace; None = all.")
+    peering: bool = Field(False, description="Kopf peering (for several replicas).")
+    liveness_port: int = 8080
+    metrics_port: int = 9100
+    json_logs: bool = False
+    resync_seconds: float = Field(
+        15.0, description="How often a timer re-checks children (level-based reconcile).")
+    kserve_default_deployment_mode: str = "Standard"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+
+        def flag(name: str) -> bool:
+            return env.get(name, "").lower() in ("1", "true", "yes")
+
+        return cls(
+            namespace=env.get("SLIPWAY_NAMESPACE") or None,
+            peering=flag("SLIPWAY_PEERING"),
+            liveness_port=int(env.get("SLIPWAY_LIVENESS_PORT", "8080")),
+            metrics_port=int(env.get("SLIPWAY_METRICS_PORT", "9100")),
+            json_logs=flag("SLIPWAY_JSON_LOGS"),
+            resync_seconds=float(env.get("SLIPWAY_RESYNC_SECONDS", "15")),
+            kserve_default_deployment_mode=env.get("SLIPWAY_KSERVE_DEPLOYMENT_MODE", "Standard"),
+        )
+
+
+SETTINGS = Settings.from_env()

@@ -1,0 +1,1 @@
+"""PLACEHOLDER: the ModelDeployment helper replaces this module."""

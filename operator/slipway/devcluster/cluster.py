@@ -1,0 +1,335 @@
+"""Start and stop a real control plane on loopback.
+
+Start order: etcd -> kube-apiserver (wait /readyz) -> controller-manager,
+scheduler, kwok -> fake nodes -> CRDs (wait Established). Every process runs in
+its own session with its log in the cluster directory; `stop()` ends them by
+pid in reverse order. The state file lets `slipway dev down` stop a cluster
+that another process started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slipway.devcluster.binaries import ensure_binaries, repo_root
+from slipway.devcluster.certs import write_pki
+from slipway.devcluster.nodes import fake_nodes
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+STATE_FILE = "cluster.json"
+
+
+class ClusterError(RuntimeError):
+    """A component failed to start; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Component:
+    name: str
+    pid: int
+    log: str
+    cmdline: list[str]
+
+
+@dataclass
+class ClusterState:
+    directory: str
+    kubeconfig: str
+    apiserver: str
+    components: list[Component] = field(default_factory=list)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _alive(pid: int, binary: str) -> bool:
+    """True while *pid* is still the process we started (pids get reused)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        stat = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()
+    except OSError:
+        return False
+    return cmd == binary and stat[0] != "Z"
+
+
+class Cluster:
+    """One local cluster in *directory*. Use `start()` / `stop()` or `with Cluster(...)`."""
+
+    def __init__(self, directory: Path, gpu_nodes: int = 4, cpu_nodes: int = 2,
+                 gpus_per_node: int = 8, install_crds: bool = True,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.dir = directory.resolve()
+        self.gpu_nodes = gpu_nodes
+        self.cpu_nodes = cpu_nodes
+        self.gpus_per_node = gpus_per_node
+        self.install_crds = install_crds
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.state: ClusterState | None = None
+        self.bin = Path()
+        self.timings: dict[str, float] = {}
+
+    # -- paths and helpers ------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    def kubectl(self, *args: str, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, check=False)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def _spawn(self, name: str, args: list[str]) -> Component:
+        binary = str(self.bin / name.split(":")[0])
+        log_path = self.dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        comp = Component(name, proc.pid, str(log_path), [binary, *args])
+        assert self.state is not None
+        self.state.components.append(comp)
+        self._save()
+        return comp
+
+    def _wait(self, comp: Component, probe: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            if not _alive(comp.pid, comp.cmdline[0]):
+                raise ClusterError(f"{comp.name} exited during start-up; tail of {comp.log}:\n"
+                                   f"{_tail(Path(comp.log))}")
+            try:
+                if probe():
+                    self.timings[comp.name] = round(time.monotonic() - start, 2)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise ClusterError(f"{comp.name} not healthy after {timeout:.0f}s; tail of {comp.log}:\n"
+                           f"{_tail(Path(comp.log))}")
+
+    def _https_ok(self, url: str, client: bool = True) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.dir / "pki" / "ca.crt"))
+        if client:
+            ctx.load_cert_chain(self.dir / "pki" / "admin.crt", self.dir / "pki" / "admin.key")
+        else:  # components serve self-signed certs on their health ports
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+
+    def _save(self) -> None:
+        assert self.state is not None
+        (self.dir / STATE_FILE).write_text(json.dumps(asdict(self.state), indent=2))
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> Cluster:
+        t0 = time.monotonic()
+        self.bin, kserve_crds = ensure_binaries()
+        self.timings["binaries"] = round(time.monotonic() - t0, 2)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if (self.dir / STATE_FILE).exists():
+            stop_from_state(self.dir)
+        pki = write_pki(self.dir / "pki", SERVICE_IP)
+        api_port = free_port()
+        self.state = ClusterState(str(self.dir), str(self.kubeconfig),
+                                  f"https://127.0.0.1:{api_port}")
+        self._write_kubeconfig(self.state.apiserver)
+        try:
+            self._start_processes(pki, api_port)
+            self._create_nodes()
+            if self.install_crds:
+                self.apply_crds([*sorted((repo_root() / "crds").glob("*.yaml")),
+                                 *sorted(kserve_crds.glob("*.yaml"))])
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["total"] = round(time.monotonic() - t0, 2)
+        return self
+
+    def _start_processes(self, pki: dict[str, Path], api_port: int) -> None:
+        etcd_port, etcd_peer = free_port(), free_port()
+        etcd = self._spawn("etcd", [
+            "--name=default", f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296",
+        ])
+        self._wait(etcd, lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"))
+
+        apiserver = self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}", f"--cert-dir={self.dir / 'pki'}",
+            f"--tls-cert-file={pki['apiserver.crt']}",
+            f"--tls-private-key-file={pki['apiserver.key']}",
+            f"--client-ca-file={pki['ca.crt']}",
+            f"--service-account-key-file={pki['sa.pub']}",
+            f"--service-account-signing-key-file={pki['sa.key']}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # No kubelet mounts tokens here, so skip the admission step that races
+            # with the serviceaccount controller in freshly created namespaces.
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true", "--profiling=false", "--v=1",
+        ])
+        self._wait(apiserver,
+                   lambda: self._https_ok(f"https://127.0.0.1:{api_port}/readyz"), timeout=90)
+
+        kubeconfig = str(self.kubeconfig)
+        auth = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false",
+                "--bind-address=127.0.0.1"]
+        kcm_port, sched_port, kwok_port = free_port(), free_port(), free_port()
+        kcm = self._spawn("kube-controller-manager", [
+            *auth, f"--secure-port={kcm_port}", f"--cert-dir={self.dir / 'kcm'}",
+            f"--service-account-private-key-file={pki['sa.key']}",
+            f"--root-ca-file={pki['ca.crt']}", "--use-service-account-credentials=false",
+            "--controllers=*", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--concurrent-job-syncs=10", "--v=1",
+        ])
+        sched = self._spawn("kube-scheduler", [
+            *auth, f"--secure-port={sched_port}", f"--cert-dir={self.dir / 'sched'}", "--v=1",
+        ])
+        stages = resources.files("slipway.devcluster").joinpath("stages.yaml").read_text()
+        stage_file = self.dir / "kwok-stages.yaml"
+        stage_file.write_text(stages)
+        kwok = self._spawn("kwok", [
+            f"--kubeconfig={kubeconfig}", f"--config={stage_file}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--server-address=127.0.0.1:{kwok_port}", "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.1/16", "--node-ip=10.240.0.1",
+        ])
+        self._wait(kcm, lambda: self._https_ok(f"https://127.0.0.1:{kcm_port}/healthz", False))
+        self._wait(sched,
+                   lambda: self._https_ok(f"https://127.0.0.1:{sched_port}/healthz", False))
+        self._wait(kwok, lambda: self._http_ok(f"http://127.0.0.1:{kwok_port}/healthz"))
+
+    def _write_kubeconfig(self, server: str) -> None:
+        pki = self.dir / "pki"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "slipway-dev",
+            "clusters": [{"name": "slipway-dev", "cluster": {
+                "server": server, "certificate-authority": str(pki / "ca.crt")}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate": str(pki / "admin.crt"),
+                "client-key": str(pki / "admin.key")}}],
+            "contexts": [{"name": "slipway-dev",
+                          "context": {"cluster": "slipway-dev", "user": "admin"}}],
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+
+    def _create_nodes(self) -> None:
+        t0 = time.monotonic()
+        nodes = fake_nodes(self.gpu_nodes, self.cpu_nodes, self.gpus_per_node)
+        if not nodes:
+            return
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+        self.timings["nodes"] = round(time.monotonic() - t0, 2)
+
+    def apply_crds(self, files: list[Path]) -> None:
+        """Server-side apply (KServe's CRDs are too big for client-side apply)."""
+        t0 = time.monotonic()
+        args = ["apply", "--server-side", "--force-conflicts"]
+        for f in files:
+            args += ["-f", str(f)]
+        if files:
+            self.kubectl(*args)
+            self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.timings["crds"] = round(time.monotonic() - t0, 2)
+
+    def stop(self) -> None:
+        stop_from_state(self.dir)
+        self.state = None
+
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory of each component, in MiB."""
+        out = {}
+        for comp in self.state.components if self.state else []:
+            try:
+                for line in Path(f"/proc/{comp.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        out[comp.name] = round(int(line.split()[1]) / 1024, 1)
+            except OSError:
+                continue
+        return out
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def stop_from_state(directory: Path, timeout: float = 15.0) -> list[str]:
+    """Stop every component recorded in *directory*'s state file, in reverse order."""
+    state_path = directory / STATE_FILE
+    if not state_path.exists():
+        return []
+    raw = json.loads(state_path.read_text())
+    stopped = []
+    for comp in reversed([Component(**c) for c in raw.get("components", [])]):
+        if not _alive(comp.pid, comp.cmdline[0]):
+            continue
+        try:
+            os.killpg(comp.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(comp.pid, comp.cmdline[0]):
+            _reap(comp.pid)
+            time.sleep(0.1)
+        if _alive(comp.pid, comp.cmdline[0]):
+            os.killpg(comp.pid, signal.SIGKILL)
+        _reap(comp.pid)
+        stopped.append(comp.name)
+    state_path.unlink()
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited children so they do not linger as zombies."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

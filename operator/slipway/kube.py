@@ -1,0 +1,135 @@
+"""The single place that talks to the API server (besides Kopf itself).
+
+The official client is synchronous, so each call runs in a worker thread.
+Paths are built from a small kind table instead of discovery: it is faster and
+every kind Slipway touches is known up front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "slipway"
+
+# (apiVersion, kind) -> plural, for building REST paths without discovery.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
+    ("v1", "Event"): "events",
+    ("v1", "ConfigMap"): "configmaps",
+    ("batch/v1", "Job"): "jobs",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "clusterservingruntimes",
+    ("slipway.dev/v1alpha1", "TrainingJob"): "trainingjobs",
+    ("slipway.dev/v1alpha1", "ModelDeployment"): "modeldeployments",
+    ("slipway.dev/v1alpha1", "Canary"): "canaries",
+}
+
+_lock = threading.Lock()
+_api: client.ApiClient | None = None
+
+
+class KubeError(RuntimeError):
+    """An API call failed; `status` is the HTTP status (0 when unknown)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def api_client() -> client.ApiClient:
+    """One shared client: in-cluster config when running in a pod, else KUBECONFIG."""
+    global _api
+    with _lock:
+        if _api is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            _api = client.ApiClient()
+        return _api
+
+
+def path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
+         subresource: str | None = None) -> str:
+    plural = PLURALS.get((api_version, kind), kind.lower() + "s")
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    parts = [base]
+    if namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def _call(method: str, url: str, body: Any = None, content_type: str = "application/json",
+          query: list[tuple[str, Any]] | None = None) -> dict[str, Any] | None:
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    try:
+        data = api_client().call_api(
+            url, method, query_params=query or [], header_params=headers,
+            body=json.dumps(body) if body is not None else None,
+            response_type="object", auth_settings=["BearerToken"],
+            _return_http_data_only=True, _preload_content=True,
+        )
+    except ApiException as exc:
+        if exc.status == 404 and method in ("GET", "DELETE"):
+            return None
+        message = exc.reason
+        try:
+            message = json.loads(exc.body).get("message", message)
+        except (TypeError, ValueError):
+            pass
+        raise KubeError(f"{method} {url}: {exc.status} {message}", exc.status) from exc
+    return data if isinstance(data, dict) else None
+
+
+async def apply(manifest: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+    """Server-side apply: create or converge the fields Slipway owns, idempotently."""
+    meta = manifest["metadata"]
+    url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"],
+               subresource)
+    result = await asyncio.to_thread(
+        _call, "PATCH", url, manifest, "application/apply-patch+yaml",
+        [("fieldManager", FIELD_MANAGER), ("force", "true")],
+    )
+    assert result is not None
+    return result
+
+
+async def get(api_version: str, kind: str, namespace: str | None,
+              name: str) -> dict[str, Any] | None:
+    """The object, or None when it does not exist."""
+    return await asyncio.to_thread(_call, "GET", path(api_version, kind, namespace, name))
+
+
+async def list_objects(api_version: str, kind: str, namespace: str | None,
+                       label_selector: str | None = None) -> list[dict[str, Any]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    result = await asyncio.to_thread(
+        _call, "GET", path(api_version, kind, namespace), None, "application/json", query)
+    return list((result or {}).get("items", []))
+
+
+async def patch(api_version: str, kind: str, namespace: str | None, name: str,
+                body: dict[str, Any], subresource: str | None = None) -> dict[str, Any] | None:
+    """A JSON merge patch."""
+    return await asyncio.to_thread(
+        _call, "PATCH", path(api_version, kind, namespace, name, subresource), body,
+        "application/merge-patch+json")
+
+
+async def delete(api_version: str, kind: str, namespace: str | None, name: str,
+                 propagation: str = "Background") -> None:
+    await asyncio.to_thread(
+        _call, "DELETE", path(api_version, kind, namespace, name),
+        {"propagationPolicy": propagation})

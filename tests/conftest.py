@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests marked `cluster` run against one real local control
+plane per session (see slipway.devcluster); each test gets its own namespace."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from slipway.devcluster import Cluster
+from slipway.devcluster.cluster import free_port
+from tests.helpers import Kubectl, OperatorProcess
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    directory = Path(os.environ.get("SLIPWAY_TEST_CLUSTER_DIR") or
+                     tmp_path_factory.mktemp("cluster"))
+    c = Cluster(directory)
+    c.start()
+    print(f"\ncluster up: timings {c.timings}, rss MiB {c.rss_mib()}")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Kubectl:
+    return Kubectl(cluster.bin / "kubectl", cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def kube_env(cluster: Cluster) -> Iterator[None]:
+    """Point the in-process kubernetes client (slipway.kube) at the test cluster."""
+    import slipway.kube
+
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    slipway.kube._api = None
+    yield
+    slipway.kube._api = None
+    if old is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = old
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[OperatorProcess]:
+    """One `slipway run` process for the whole session."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(cluster.kubeconfig, log, free_port()).start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:30].lower().replace('_', '-').strip('-')}-" \
+           f"{uuid.uuid4().hex[:5]}"
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything under tests/integration needs the control plane.
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.cluster)
