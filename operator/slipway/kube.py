@@ -8,6 +8,7 @@ every kind Slipway touches is known up front.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import Any
@@ -73,24 +74,25 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
 
 def _call(method: str, url: str, body: Any = None, content_type: str = "application/json",
           query: list[tuple[str, Any]] | None = None) -> dict[str, Any] | None:
+    api = api_client()
     headers = {"Accept": "application/json", "Content-Type": content_type}
+    method, full_url, headers, body, post = api.param_serialize(
+        method=method, resource_path=url, query_params=query or [], header_params=headers,
+        body=body, auth_settings=["BearerToken"])
     try:
-        data = api_client().call_api(
-            url, method, query_params=query or [], header_params=headers,
-            body=json.dumps(body) if body is not None else None,
-            response_type="object", auth_settings=["BearerToken"],
-            _return_http_data_only=True, _preload_content=True,
-        )
-    except ApiException as exc:
-        if exc.status == 404 and method in ("GET", "DELETE"):
-            return None
-        message = exc.reason
-        try:
-            message = json.loads(exc.body).get("message", message)
-        except (TypeError, ValueError):
-            pass
-        raise KubeError(f"{method} {url}: {exc.status} {message}", exc.status) from exc
-    return data if isinstance(data, dict) else None
+        resp = api.call_api(method, full_url, headers, body, post, _request_timeout=30)
+        resp.read()
+    except (ApiException, OSError) as exc:  # connection trouble: transient
+        raise KubeError(f"{method} {url}: {exc}", 0) from exc
+    if resp.status == 404 and method in ("GET", "DELETE"):
+        return None
+    payload: Any = None
+    with contextlib.suppress(ValueError, TypeError):
+        payload = json.loads(resp.data or b"null")
+    if not 200 <= resp.status < 300:
+        message = payload.get("message") if isinstance(payload, dict) else resp.data
+        raise KubeError(f"{method} {url}: {resp.status} {message}", resp.status)
+    return payload if isinstance(payload, dict) else None
 
 
 async def apply(manifest: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
@@ -102,6 +104,16 @@ async def apply(manifest: dict[str, Any], subresource: str | None = None) -> dic
         _call, "PATCH", url, manifest, "application/apply-patch+yaml",
         [("fieldManager", FIELD_MANAGER), ("force", "true")],
     )
+    assert result is not None
+    return result
+
+
+async def create(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Plain create (POST). Used where later updates must not own every field."""
+    meta = manifest["metadata"]
+    url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+    result = await asyncio.to_thread(
+        _call, "POST", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
     assert result is not None
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ def iris() -> tuple[LogisticRegression, np.ndarray]:
 @pytest.fixture(scope="module")
 def server(
     run_server: Any, iris: tuple[LogisticRegression, np.ndarray], tmp_path_factory: Any
-) -> Server:
+) -> Iterator[Server]:
     model_dir: Path = tmp_path_factory.mktemp("sk-model")
     joblib.dump(iris[0], model_dir / "model.joblib")
     env = {**os.environ, "MODEL_VERSION": VERSION}  # version label comes from the env here
-    return run_server(server_command("sklearn_server", model_dir), MODEL, env)
+    srv: Server = run_server(server_command("sklearn_server", model_dir), MODEL, env)
+    yield srv
+    srv.stop()  # stop now, not at module end (parametrized fixtures would overlap)
 
 
 def test_v1_predictions_match_in_process_model(server: Server, iris: Any) -> None:

@@ -50,3 +50,10 @@ def test_find_model_file_prefers_canonical_name_then_single_match(tmp_path: Path
         find_model_file(tmp_path, names)
     (tmp_path / "model.pkl").write_bytes(b"x")
     assert find_model_file(tmp_path, names) == tmp_path / "model.pkl"
+
+
+def test_multiple_workers_are_refused(tmp_path: Path) -> None:
+    # Extra uvicorn worker processes would bypass the in-process metrics: refuse them.
+    result = run_to_exit([*server_command("sklearn_server", tmp_path), "--workers=2"])
+    assert result.returncode == 2
+    assert "only --workers=1 is supported" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ def booster() -> tuple[xgb.Booster, np.ndarray]:
 
 
 @pytest.fixture(scope="module", params=["model.ubj", "model.json"])
-def server(request: Any, run_server: Any, booster: Any, tmp_path_factory: Any) -> Server:
+def server(request: Any, run_server: Any, booster: Any, tmp_path_factory: Any) -> Iterator[Server]:
     model_dir: Path = tmp_path_factory.mktemp("xgb-model")
     booster[0].save_model(str(model_dir / request.param))
     cmd = server_command("xgboost_server", model_dir, f"--model_version={VERSION}")
-    return run_server(cmd, MODEL, dict(os.environ))
+    srv: Server = run_server(cmd, MODEL, dict(os.environ))
+    yield srv
+    srv.stop()  # stop now, not at module end (parametrized fixtures would overlap)
 
 
 def test_v1_predictions_match_in_process_booster(server: Server, booster: Any) -> None:

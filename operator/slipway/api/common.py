@@ -82,8 +82,8 @@ def set_condition(
             if generation is not None:
                 cond["observedGeneration"] = generation
             return out
-    new = {"type": type_, "status": status_str, "reason": reason, "message": message,
-           "lastTransitionTime": now or now_rfc3339()}
+    new: dict[str, Any] = {"type": type_, "status": status_str, "reason": reason,
+                           "message": message, "lastTransitionTime": now or now_rfc3339()}
     if generation is not None:
         new["observedGeneration"] = generation
     out.append(new)

@@ -1,1 +1,215 @@
-"""PLACEHOLDER: the ModelDeployment helper replaces this module."""
+"""ModelDeployment handlers: keep one KServe InferenceService per ModelDeployment.
+
+One level-based `reconcile()` sits behind create/update/resume, a resync timer and
+TrainingJob events: parse the spec, resolve the model, build the InferenceService (pure),
+server-side apply it, and mirror its status back. User mistakes become a condition, a
+Warning Event and (in change handlers) kopf.PermanentError; API faults become
+kopf.TemporaryError in change handlers and a log line in the timer (it comes back anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from slipway import events, kube
+from slipway.api.common import API_VERSION, GROUP, VERSION, set_condition
+from slipway.api.modeldeployment import DEFAULT_RUNTIMES, ModelDeploymentSpec, ResolvedModel
+from slipway.builders import inferenceservice as isvc_builder
+from slipway.builders.inferenceservice import (
+    MODEL_RESOLVED,
+    ResolutionError,
+    build_inference_service,
+    mirror_status,
+    resolve_model,
+    transition_events,
+)
+from slipway.config import SETTINGS
+
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+TJ_KIND = "TrainingJob"
+TEMPORARY_DELAY = 10.0
+# HTTP statuses of an apply that no retry will fix (the object itself is wrong).
+REJECTED = (400, 422)
+# The status fields this controller owns (the rest of status belongs to Kopf).
+OWNED = ("phase", "message", "conditions", "observedGeneration", "url", "servingVersion",
+         "model", "inferenceService")
+
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile found; `user_error` is set when the spec needs fixing."""
+
+    phase: str
+    message: str
+    user_error: bool = False
+
+
+def _lock(namespace: str, name: str) -> asyncio.Lock:
+    return _locks.setdefault((namespace, name), asyncio.Lock())
+
+
+async def _resolve(spec: ModelDeploymentSpec, namespace: str,
+                   previous: dict[str, Any] | None
+                   ) -> tuple[ResolvedModel | None, ResolutionError | None]:
+    """The model to deploy, and why it is not (fully) resolved. When a TrainingJob stops
+    being usable after a model was deployed from it (it re-runs, fails, is deleted), the
+    model already deployed keeps being served."""
+    tj = None
+    if spec.from_training_job:
+        tj = await kube.get(API_VERSION, TJ_KIND, namespace, spec.from_training_job)
+    try:
+        return resolve_model(spec, tj), None
+    except ResolutionError as err:
+        if previous and previous.get("source") == f"TrainingJob/{spec.from_training_job}":
+            kept = ResolvedModel.model_validate(previous)
+            fmt = spec.format or kept.format
+            kept = kept.model_copy(update={
+                "format": fmt, "runtime": spec.runtime or DEFAULT_RUNTIMES[fmt]})
+            return kept, err
+        return None, err
+
+
+async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome | None:
+    """Converge one ModelDeployment; None when it is gone. Raises kube.KubeError on API
+    faults (the caller decides between TemporaryError and retry-on-next-tick)."""
+    async with _lock(namespace, name):
+        body = await kube.get(API_VERSION, KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            _locks.pop((namespace, name), None)
+            return None
+        generation = body["metadata"].get("generation")
+        old = body.get("status") or {}
+        conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+        user_error = False
+
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:  # the CRD schema should have caught it
+            msg = f"invalid spec: {exc.errors()[0].get('msg')}"
+            conditions = set_condition(conditions, MODEL_RESOLVED, False, "InvalidSpec", msg,
+                                       generation)
+            new = {"phase": "Failed", "message": msg, "conditions": conditions,
+                   "observedGeneration": generation}
+            await _write_status(body, old, new, logger)
+            return Outcome("Failed", msg, user_error=True)
+
+        model, err = await _resolve(spec, namespace, old.get("model"))
+        if err is None and model is not None:
+            conditions = set_condition(
+                conditions, MODEL_RESOLVED, True, "Resolved",
+                f"{model.format} model {model.version} at {model.uri} (from {model.source})",
+                generation)
+        elif err is not None:
+            user_error = err.user_error
+            msg = err.message + (f"; still serving version {model.version}" if model else "")
+            conditions = set_condition(conditions, MODEL_RESOLVED, False, err.reason, msg,
+                                       generation)
+
+        isvc: dict[str, Any] | None = None
+        apply_error: str | None = None
+        if model is not None:
+            manifest = build_inference_service(spec, body, model,
+                                               SETTINGS.kserve_default_deployment_mode)
+            try:
+                isvc = await kube.apply(manifest)
+            except kube.KubeError as exc:
+                if exc.status not in REJECTED:
+                    raise
+                apply_error = f"the InferenceService was rejected: {exc}"
+                user_error = True
+        if isvc is None:  # unresolved or rejected: report on whatever is there now
+            isvc = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, name)
+
+        seen = mirror_status(isvc, conditions, spec.stopped, generation, apply_error=apply_error)
+        new = {
+            "phase": seen.phase, "message": seen.message, "conditions": seen.conditions,
+            "observedGeneration": generation, "url": seen.url,
+            "servingVersion": seen.serving_version,
+            "model": model.wire() if model else old.get("model"),
+            "inferenceService": name if isvc else None,
+        }
+        await _write_status(body, old, new, logger)
+        return Outcome(seen.phase, seen.message, user_error=user_error)
+
+
+async def _write_status(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
+                        logger: kopf.Logger) -> None:
+    """Patch the status subresource when something changed, and emit Events for it."""
+    if all(old.get(k) == new.get(k) for k in OWNED):
+        return
+    meta = body["metadata"]
+    patch = {"status": {k: new.get(k) for k in OWNED}}  # None deletes the key (merge patch)
+    try:
+        await kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch,
+                         subresource="status")
+    except kube.KubeError as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return
+        raise
+    for type_, reason, message in transition_events(old, new):
+        logger.info(f"{type_} {reason}: {message}")
+        events.emit(body, type_, reason, message)
+
+
+HANDLER_OPTIONS: dict[str, Any] = {"retries": 20, "backoff": 5.0, "timeout": 600.0}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, **HANDLER_OPTIONS)
+@kopf.on.create(GROUP, VERSION, PLURAL, **HANDLER_OPTIONS)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", **HANDLER_OPTIONS)
+async def reconcile_modeldeployment(namespace: str | None, name: str, logger: kopf.Logger,
+                                    **_: Any) -> None:
+    assert namespace is not None
+    try:
+        outcome = await reconcile(namespace, name, logger)
+    except kube.KubeError as exc:
+        raise kopf.TemporaryError(f"API error, will retry: {exc}", delay=TEMPORARY_DELAY) from exc
+    if outcome is not None and outcome.user_error:
+        # The condition and the Warning Event are written; retrying cannot help until the
+        # spec (or the TrainingJob) changes, which the timer and the watches notice.
+        raise kopf.PermanentError(outcome.message)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds,
+            initial_delay=SETTINGS.resync_seconds)
+async def resync_modeldeployment(namespace: str | None, name: str, logger: kopf.Logger,
+                                 **_: Any) -> None:
+    """Level-based resync: a deleted or edited InferenceService converges back, and its
+    status keeps flowing into the ModelDeployment. Errors only get logged: the next tick
+    is the retry."""
+    assert namespace is not None
+    try:
+        await reconcile(namespace, name, logger)
+    except kube.KubeError as exc:
+        logger.warning(f"resync failed, retrying in {SETTINGS.resync_seconds}s: {exc}")
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def modeldeployments_by_trainingjob(namespace: str | None, name: str, spec: kopf.Spec,
+                                          **_: Any) -> dict[tuple[str | None, str], str] | None:
+    """(namespace, TrainingJob name) -> the ModelDeployments that serve its output."""
+    tj = spec.get("fromTrainingJob")
+    return {(namespace, tj): name} if tj else None
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+async def serve_trainingjob_output(namespace: str | None, name: str, logger: kopf.Logger,
+                                   **kwargs: Any) -> None:
+    """React to a TrainingJob finishing (or vanishing) at once instead of on the next tick."""
+    index: kopf.Index[tuple[str | None, str], str] = kwargs["modeldeployments_by_trainingjob"]
+    if namespace is None:
+        return
+    for md in list(index.get((namespace, name), [])):
+        try:
+            await reconcile(namespace, md, logger)
+        except kube.KubeError as exc:
+            logger.warning(f"reconciling ModelDeployment {md} after TrainingJob {name} "
+                           f"changed failed; the resync timer retries: {exc}")

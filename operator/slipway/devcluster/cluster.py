@@ -9,6 +9,7 @@ that another process started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -329,7 +330,5 @@ def stop_from_state(directory: Path, timeout: float = 15.0) -> list[str]:
 
 def _reap(pid: int) -> None:
     """Collect our own exited children so they do not linger as zombies."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -15,7 +15,7 @@ def _node(name: str, labels: dict[str, str], capacity: dict[str, str],
         "kind": "Node",
         "metadata": {
             "name": name,
-            # kwok manages only nodes with this annotation (--manage-nodes-with-annotation-selector).
+            # kwok manages only nodes with this annotation (see its --manage-nodes-* flags).
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
                 "kubernetes.io/hostname": name,

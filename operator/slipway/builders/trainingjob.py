@@ -1,0 +1,201 @@
+"""TrainingJob -> batch/v1 Job (+ headless Service for multi-node torchrun)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from slipway.api.trainingjob import TrainingJobSpec
+from slipway.builders.meta import child_labels, child_metadata
+from slipway.builders.podmerge import merge
+
+GPU = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "trainer"
+SPEC_HASH_ANNOTATION = "slipway.dev/spec-hash"
+
+
+class BuildError(ValueError):
+    """The spec passed the schema but cannot become a valid Job."""
+
+
+def service_name(tj_name: str) -> str:
+    return tj_name
+
+
+def job_name(tj_name: str, spec_hash: str) -> str:
+    # The pod template of a Job is immutable, so a changed template (allowed only
+    # while suspended or before it runs) gets a new, still deterministic, Job.
+    return f"{tj_name}-{spec_hash[:5]}"
+
+
+def _env(spec: TrainingJobSpec, tj_name: str, namespace: str, job: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if spec.distributed:
+        master = f"{job}-0.{service_name(tj_name)}.{namespace}.svc"
+        port = str(spec.distributed.master_port)
+        index = {"valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+        nproc = str(spec.nproc_per_node)
+        env += [
+            {"name": "MASTER_ADDR", "value": master},
+            {"name": "MASTER_PORT", "value": port},
+            {"name": "WORLD_SIZE", "value": str(spec.workers * spec.nproc_per_node)},
+            {"name": "NNODES", "value": str(spec.workers)},
+            {"name": "NODE_RANK", **index},
+            {"name": "RANK", **index},
+            {"name": "PET_NNODES", "value": str(spec.workers)},
+            {"name": "PET_NPROC_PER_NODE", "value": nproc},
+            {"name": "PET_NODE_RANK", **index},
+            {"name": "PET_MASTER_ADDR", "value": master},
+            {"name": "PET_MASTER_PORT", "value": port},
+        ]
+    if spec.checkpoint:
+        env.append({"name": "CHECKPOINT_DIR", "value": spec.checkpoint.mount_path})
+    for var in spec.env or []:
+        env = [e for e in env if e["name"] != var.name]  # the user's value wins
+        env.append(var.wire())
+    return env
+
+
+def _resources(spec: TrainingJobSpec) -> dict[str, Any]:
+    amounts: dict[str, str] = {}
+    if spec.resources and spec.resources.cpu:
+        amounts["cpu"] = spec.resources.cpu
+    if spec.resources and spec.resources.memory:
+        amounts["memory"] = spec.resources.memory
+    if spec.gpus_per_worker:
+        amounts[GPU] = str(spec.gpus_per_worker)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def pod_template(spec: TrainingJobSpec, tj: dict[str, Any], job: str) -> dict[str, Any]:
+    name, namespace = tj["metadata"]["name"], tj["metadata"]["namespace"]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "env": _env(spec, name, namespace, job),
+        "resources": _resources(spec),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.command:
+        container["command"] = spec.command
+    if spec.args:
+        container["args"] = spec.args
+    if spec.distributed:
+        container["ports"] = [{"name": "rendezvous", "containerPort":
+                               spec.distributed.master_port}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+    }
+    selector = dict(spec.node_selector or {})
+    tolerations = list(spec.tolerations or [])
+    if spec.gpus_per_worker:
+        if spec.gpu_type:
+            selector[GPU_PRODUCT_LABEL] = spec.gpu_type
+        tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    if selector:
+        pod["nodeSelector"] = selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.distributed:
+        pod["subdomain"] = service_name(name)
+    if spec.checkpoint:
+        pod["volumes"] = [{"name": "checkpoint",
+                           "persistentVolumeClaim": {"claimName": spec.checkpoint.claim_name}}]
+        container["volumeMounts"] = [{"name": "checkpoint",
+                                      "mountPath": spec.checkpoint.mount_path}]
+    labels = child_labels("TrainingJob", name)
+    annotations: dict[str, str] = {}
+    if spec.pod_template:
+        if spec.pod_template.spec:
+            pod = merge(pod, spec.pod_template.spec)
+        if spec.pod_template.metadata:
+            labels = {**(spec.pod_template.metadata.labels or {}), **labels}
+            annotations = dict(spec.pod_template.metadata.annotations or {})
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
+        raise BuildError("spec.podTemplate.spec.containers must be a list of containers")
+    meta: dict[str, Any] = {"labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"metadata": meta, "spec": pod}
+
+
+def spec_hash(spec: TrainingJobSpec, tj: dict[str, Any]) -> str:
+    """Hash of everything that shapes the (immutable) pod template and completions."""
+    probe = pod_template(spec, tj, job="JOB")
+    raw = json.dumps([probe, spec.workers], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:10]
+
+
+def build_job(spec: TrainingJobSpec, tj: dict[str, Any], *, suspend: bool) -> dict[str, Any]:
+    """The batch/v1 Job. *suspend* is decided by the controller (user, Kueue)."""
+    digest = spec_hash(spec, tj)
+    name = job_name(tj["metadata"]["name"], digest)
+    policy = spec.policy
+    labels = {QUEUE_LABEL: spec.queue} if spec.queue else {}
+    job_spec: dict[str, Any] = {
+        "backoffLimit": policy.backoff_limit,
+        "completions": spec.workers,
+        "parallelism": spec.workers,
+        "suspend": suspend,
+        "template": pod_template(spec, tj, name),
+    }
+    if spec.distributed:
+        job_spec["completionMode"] = "Indexed"
+    if policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    # Preempted or evicted pods (DisruptionTarget) do not use up the retry budget.
+    job_spec["podFailurePolicy"] = {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(tj, name, extra_labels=labels,
+                                   annotations={SPEC_HASH_ANNOTATION: digest}),
+        "spec": job_spec,
+    }
+
+
+def build_service(spec: TrainingJobSpec, tj: dict[str, Any]) -> dict[str, Any] | None:
+    """Headless Service giving each worker a stable DNS name (needed for MASTER_ADDR)."""
+    if not spec.distributed:
+        return None
+    name = tj["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(tj, service_name(name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": child_labels("TrainingJob", name),
+            "ports": [{"name": "rendezvous", "port": spec.distributed.master_port,
+                       "targetPort": spec.distributed.master_port}],
+        },
+    }
+
+
+def resolve_output(spec: TrainingJobSpec, tj: dict[str, Any]) -> dict[str, str] | None:
+    """status.output of a succeeded job: the URI template filled in."""
+    if not spec.output:
+        return None
+    meta = tj["metadata"]
+    version = spec.output.version or f"v{meta.get('generation', 1)}"
+    uri = (spec.output.uri.replace("{name}", meta["name"])
+           .replace("{namespace}", meta["namespace"]).replace("{version}", version))
+    out = {"uri": uri, "version": version}
+    if spec.output.format:
+        out["format"] = spec.output.format
+    return out

@@ -1,0 +1,1 @@
+"""Pure status derivations: observed children in, status (and events) out."""
