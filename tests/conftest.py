@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from slipway.devcluster import Cluster
 from slipway.devcluster.cluster import free_port
-
 from tests.helpers import Kubectl, OperatorProcess
 
 

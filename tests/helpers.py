@@ -92,7 +92,11 @@ class OperatorProcess:
                 [sys.executable, "-m", "slipway.cli", "run", "--metrics-port", "0",
                  "--liveness-port", str(self.liveness_port)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_for(self._healthy, timeout=60, what=f"operator /healthz (log {self.log_path})")
+        try:
+            wait_for(self._healthy, timeout=60, what=f"operator /healthz (log {self.log_path})")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _healthy(self) -> bool:

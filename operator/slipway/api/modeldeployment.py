@@ -108,7 +108,13 @@ class ModelDeploymentSpec(ApiModel):
     deployment_mode: DeploymentMode | None = Field(
         None, description="KServe deployment mode, written as the annotation "
                           "serving.kserve.io/deploymentMode: Standard (Deployment + HPA) or "
-                          "Knative. Defaults to the operator's setting.")
+                          "Knative. Defaults to the operator's setting. Immutable: KServe "
+                          "cannot change the mode of an existing InferenceService.",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "self == oldSelf",
+             "message": "spec.deploymentMode is immutable (KServe cannot change the mode of an "
+                        "existing InferenceService); delete and recreate the ModelDeployment"},
+        ]})
     replicas: Replicas | None = Field(None, description="Replica bounds.")
     autoscaling: Autoscaling | None = Field(None, description="Autoscaling metric and target.")
     resources: ComputeResources | None = Field(

@@ -260,6 +260,10 @@ USER_ERROR_REASONS = frozenset({"TrainingJobHasNoOutput", "UnsupportedURI", "For
                                 "UnsupportedFormat", "InvalidSpec", "Rejected"})
 
 
+# Reasons of ModelResolved=False that are an expected wait, reported as Normal Events.
+WAIT_REASONS = frozenset({"WaitingForTrainingJob"})
+
+
 def _is_user_error(condition: dict[str, Any]) -> bool:
     return condition.get("reason") in USER_ERROR_REASONS
 
@@ -285,5 +289,10 @@ def transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[st
         after = get_condition(new.get("conditions"), ctype) or {}
         if after.get("status") == "False" and (
                 before.get("status") != "False" or before.get("reason") != after.get("reason")):
-            events.append(("Warning", after.get("reason") or ctype, after.get("message") or ""))
-    return events
+            reason = after.get("reason") or ctype
+            type_ = "Normal" if reason in WAIT_REASONS else "Warning"
+            events.append((type_, reason, after.get("message") or ""))
+    # One Event per fact: drop a phase event that repeats a condition's message.
+    messages = [m for _, r, m in events if r != "Failed"]
+    return [e for e in events if not (e[1] == "Failed" and any(
+        m and m in e[2] for m in messages))]

@@ -94,6 +94,7 @@ class Cluster:
         self.state: ClusterState | None = None
         self.bin = Path()
         self.timings: dict[str, float] = {}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- paths and helpers ------------------------------------------------------
     @property
@@ -116,6 +117,7 @@ class Cluster:
             proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         comp = Component(name, proc.pid, str(log_path), [binary, *args])
+        self._procs[name] = proc
         assert self.state is not None
         self.state.components.append(comp)
         self._save()
@@ -125,7 +127,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         start = time.monotonic()
         while time.monotonic() < deadline:
-            if not _alive(comp.pid, comp.cmdline[0]):
+            if self._procs[comp.name].poll() is not None:
                 raise ClusterError(f"{comp.name} exited during start-up; tail of {comp.log}:\n"
                                    f"{_tail(Path(comp.log))}")
             try:
@@ -276,8 +278,22 @@ class Cluster:
             args += ["-f", str(f)]
         if files:
             self.kubectl(*args)
-            self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            self._wait_established(timeout=60)
         self.timings["crds"] = round(time.monotonic() - t0, 2)
+
+    def _wait_established(self, timeout: float) -> None:
+        # `kubectl wait` errors out on a CRD whose status has no conditions yet.
+        deadline = time.monotonic() + timeout
+        pending: list[str] = []
+        while time.monotonic() < deadline:
+            crds = json.loads(self.kubectl("get", "crd", "-o", "json").stdout)["items"]
+            pending = [c["metadata"]["name"] for c in crds if not any(
+                cond.get("type") == "Established" and cond.get("status") == "True"
+                for cond in (c.get("status") or {}).get("conditions") or [])]
+            if not pending:
+                return
+            time.sleep(0.3)
+        raise ClusterError(f"CRDs not Established after {timeout:.0f}s: {pending}")
 
     def stop(self) -> None:
         stop_from_state(self.dir)

@@ -74,8 +74,8 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
             startTime=js.get("startTime") or old.get("startTime"),
         )
         cond("Created", True, "JobCreated", f"Job {job['metadata']['name']} created")
-        done = _job_condition(job, "Complete", "SuccessCriteriaMet")
-        failed = _job_condition(job, "Failed", "FailureTarget")
+        done = _job_condition(job, "Complete")
+        failed = _job_condition(job, "Failed")
         suspended = bool(job.get("spec", {}).get("suspend"))
         if done:
             phase, reason = "Succeeded", "JobSucceeded"

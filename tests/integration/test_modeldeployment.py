@@ -1,0 +1,328 @@
+"""ModelDeployment end to end against the local control plane with a real operator.
+
+The local control plane runs no KServe controller: InferenceServices are stored and
+validated against KServe's CRD schema, but nothing acts on them. Where a test needs the
+InferenceService status to move, it patches it through the status subresource itself,
+standing in for the KServe controller (marked STAND-IN below).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from tests.helpers import Kubectl, OperatorProcess, wait_for
+
+MODEL = {"format": "sklearn", "uri": "s3://models/iris/v1", "version": "v1"}
+TIMEOUT = 30
+
+
+def md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "slipway.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def patch_spec(kubectl: Kubectl, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    kubectl("patch", "modeldeployment", name, "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": spec}))
+
+
+def isvc(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
+    return kubectl.get("inferenceservice", name, namespace)
+
+
+def md_status(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    obj = kubectl.get("modeldeployment", name, namespace)
+    assert obj is not None
+    return dict(obj.get("status") or {})
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def patch_isvc_status(kubectl: Kubectl, namespace: str, name: str,
+                      status: dict[str, Any]) -> None:
+    # STAND-IN for the KServe controller, which the local control plane does not run:
+    # write the InferenceService status the way KServe would.
+    kubectl("patch", "inferenceservice", name, "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps({"status": status}))
+
+
+def events(kubectl: Kubectl, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    items = kubectl.items("events", namespace, None)
+    return [(e.get("type", ""), e.get("reason", ""), e.get("message", "")) for e in items
+            if e["involvedObject"].get("name") == name
+            and e["involvedObject"].get("kind") == "ModelDeployment"]
+
+
+def run_trainingjob(kubectl: Kubectl, namespace: str, name: str, output: dict[str, Any],
+                    check_waiting: Callable[[], object] | None = None) -> None:
+    """Create a TrainingJob and wait until it has Succeeded. kwok keeps its training pod
+    Running for the fake duration, then completes it."""
+    apply(kubectl, namespace, {
+        "apiVersion": "slipway.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {"image": "example/train:1", "output": output,
+                 "podTemplate": {"metadata": {"annotations": {
+                     "slipway.dev/fake-duration": "10s"}}}},
+    })
+    if check_waiting:
+        check_waiting()
+
+    def phase() -> str | None:
+        tj = kubectl.get("trainingjob", name, namespace)
+        assert tj is not None
+        return (tj.get("status") or {}).get("phase")
+
+    try:
+        wait_for(lambda: phase() == "Succeeded", 60, what=f"TrainingJob {name} Succeeded")
+    except AssertionError:
+        if phase() is not None:  # the TrainingJob controller runs but the job did not succeed
+            raise
+        # STAND-IN for the TrainingJob controller while it is not there yet: report success
+        # with the output contract (status.phase, status.output{uri,version[,format]}).
+        resolved = {k: v.replace("{name}", name).replace("{version}", output["version"])
+                    for k, v in output.items()}
+        kubectl("patch", "trainingjob", name, "-n", namespace, "--subresource=status",
+                "--type=merge", "-p", json.dumps({"status": {"phase": "Succeeded",
+                                                              "output": resolved}}))
+
+
+def test_inferenceservice_spec_updates_and_stop(kubectl: Kubectl, namespace: str,
+                                                operator: OperatorProcess) -> None:
+    apply(kubectl, namespace, md("iris", {
+        "model": MODEL, "protocol": "v2", "deploymentMode": "Standard",
+        "replicas": {"min": 1, "max": 3}, "autoscaling": {"metric": "cpu", "target": 70},
+        "resources": {"cpu": "1", "memory": "2Gi"}, "gpus": 1,
+    }))
+    obj = wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    owner = kubectl.get("modeldeployment", "iris", namespace)
+    assert owner is not None
+    meta = obj["metadata"]
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "slipway.dev/v1alpha1", "kind": "ModelDeployment", "name": "iris",
+        "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"] == {"app.kubernetes.io/managed-by": "slipway",
+                              "slipway.dev/modeldeployment": "iris",
+                              "slipway.dev/model-format": "sklearn",
+                              "slipway.dev/model-version": "v1"}
+    assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert meta["annotations"]["serving.kserve.io/stop"] == "false"
+    assert meta["annotations"]["slipway.dev/model-version"] == "v1"
+    assert obj["spec"] == {"predictor": {
+        "minReplicas": 1, "maxReplicas": 3, "scaleMetric": "cpu", "scaleTarget": 70,
+        "labels": {"slipway.dev/model-format": "sklearn", "slipway.dev/model-version": "v1"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                         "effect": "NoSchedule"}],
+        "model": {
+            "modelFormat": {"name": "sklearn"},
+            "runtime": "slipway-sklearn",
+            "storageUri": "s3://models/iris/v1",
+            "protocolVersion": "v2",
+            "env": [{"name": "MODEL_VERSION", "value": "v1"}],
+            "resources": {"requests": {"cpu": "1", "memory": "2Gi"},
+                          "limits": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": 1}},
+        },
+    }}
+    status = wait_for(lambda: md_status(kubectl, namespace, "iris").get("servingVersion"),
+                      TIMEOUT, what="status.servingVersion")
+    assert status == "v1"
+
+    # A spec change propagates: new model version, replicas, protocol; GPUs dropped.
+    patch_spec(kubectl, namespace, "iris", {
+        "model": {**MODEL, "uri": "s3://models/iris/v2", "version": "v2"},
+        "replicas": {"min": 2, "max": 4}, "protocol": "v1", "gpus": 0})
+
+    def updated() -> bool:
+        obj = isvc(kubectl, namespace, "iris")
+        assert obj is not None
+        pred = obj["spec"]["predictor"]
+        assert pred["model"]["storageUri"] == "s3://models/iris/v2", pred
+        assert (pred["minReplicas"], pred["maxReplicas"]) == (2, 4)
+        assert "nvidia.com/gpu" not in pred["model"]["resources"]["limits"]
+        assert "tolerations" not in pred
+        assert pred["model"]["env"] == [{"name": "MODEL_VERSION", "value": "v2"}]
+        assert pred["model"]["protocolVersion"] == "v1"
+        assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+        assert obj["metadata"]["labels"]["slipway.dev/model-version"] == "v2"
+        return True
+
+    wait_for(updated, TIMEOUT, what="InferenceService to follow the spec change")
+    wait_for(lambda: md_status(kubectl, namespace, "iris").get("servingVersion") == "v2",
+             TIMEOUT, what="servingVersion v2")
+    wait_for(lambda: any(r == "VersionChanged" and "v1 -> v2" in m
+                         for _, r, m in events(kubectl, namespace, "iris")),
+             TIMEOUT, what="VersionChanged event")
+
+    # stopped toggles the stop annotation (and the phase).
+    patch_spec(kubectl, namespace, "iris", {"stopped": True})
+
+    def stop_is(value: str) -> bool:
+        obj = isvc(kubectl, namespace, "iris")
+        assert obj is not None
+        return bool(obj["metadata"]["annotations"]["serving.kserve.io/stop"] == value)
+
+    wait_for(lambda: stop_is("true"), TIMEOUT, what="stop annotation true")
+    wait_for(lambda: md_status(kubectl, namespace, "iris").get("phase") == "Stopped",
+             TIMEOUT, what="phase Stopped")
+    patch_spec(kubectl, namespace, "iris", {"stopped": False})
+    wait_for(lambda: stop_is("false"), TIMEOUT, what="stop annotation false")
+    wait_for(lambda: md_status(kubectl, namespace, "iris").get("phase") == "Pending",
+             TIMEOUT, what="phase Pending after resuming")
+
+
+def test_deleted_inferenceservice_comes_back(kubectl: Kubectl, namespace: str,
+                                            operator: OperatorProcess) -> None:
+    apply(kubectl, namespace, md("iris", {"model": MODEL}))
+    first = wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    kubectl("delete", "inferenceservice", "iris", "-n", namespace)
+
+    def recreated() -> bool:
+        obj = isvc(kubectl, namespace, "iris")
+        return obj is not None and obj["metadata"]["uid"] != first["metadata"]["uid"]
+
+    wait_for(recreated, TIMEOUT, what="the resync timer to recreate the InferenceService")
+
+
+def test_status_mirrors_inferenceservice(kubectl: Kubectl, namespace: str,
+                                         operator: OperatorProcess) -> None:
+    apply(kubectl, namespace, md("iris", {"model": MODEL}))
+    wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    status = wait_for(lambda: md_status(kubectl, namespace, "iris").get("phase") and
+                      md_status(kubectl, namespace, "iris"), TIMEOUT, what="MD status")
+    assert status["phase"] == "Pending"
+    assert condition(status, "ModelResolved")["status"] == "True"
+
+    url = f"http://iris.{namespace}.example.com"
+    patch_isvc_status(kubectl, namespace, "iris", {
+        "url": url, "observedGeneration": 1,
+        "conditions": [
+            {"type": "PredictorReady", "status": "True", "lastTransitionTime":
+             "2025-01-01T00:00:00Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"}],
+        "modelStatus": {"transitionStatus": "UpToDate",
+                        "states": {"activeModelState": "Loaded",
+                                   "targetModelState": "Loaded"}},
+    })
+
+    def ready() -> dict[str, Any]:
+        s = md_status(kubectl, namespace, "iris")
+        assert s.get("phase") == "Ready", s
+        return s
+
+    status = wait_for(ready, TIMEOUT, what="phase Ready")
+    assert status["url"] == url
+    assert status["servingVersion"] == "v1"
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "ModelLoaded")["status"] == "True"
+    owner = kubectl.get("modeldeployment", "iris", namespace)
+    assert owner is not None
+    assert status["observedGeneration"] == owner["metadata"]["generation"]
+    printed = kubectl("get", "md", "iris", "-n", namespace, "--no-headers").stdout.split()
+    assert printed[:5] == ["iris", "Ready", "sklearn", "v1", url], printed
+
+    # The model fails to load (e.g. a corrupt artifact).
+    patch_isvc_status(kubectl, namespace, "iris", {
+        "conditions": [
+            {"type": "PredictorReady", "status": "False", "reason": "ModelLoadFailed",
+             "lastTransitionTime": "2025-01-01T00:01:00Z"},
+            {"type": "Ready", "status": "False", "reason": "ModelLoadFailed",
+             "message": "predictor failed to load the model",
+             "lastTransitionTime": "2025-01-01T00:01:00Z"}],
+        "modelStatus": {"transitionStatus": "BlockedByFailedLoad",
+                        "states": {"activeModelState": "FailedToLoad",
+                                   "targetModelState": "FailedToLoad"},
+                        "lastFailureInfo": {"reason": "ModelLoadFailed",
+                                            "message": "invalid load key, 'x'"}},
+    })
+
+    def failed() -> dict[str, Any]:
+        s = md_status(kubectl, namespace, "iris")
+        assert s.get("phase") == "Failed", s
+        return s
+
+    status = wait_for(failed, TIMEOUT, what="phase Failed")
+    loaded = condition(status, "ModelLoaded")
+    assert (loaded["status"], loaded["reason"]) == ("False", "ModelLoadFailed")
+    assert loaded["message"] == "invalid load key, 'x'"
+    ready_cond = condition(status, "Ready")
+    assert (ready_cond["status"], ready_cond["reason"]) == ("False", "ModelLoadFailed")
+    assert "ModelLoadFailed" in status["message"]
+    wait_for(lambda: ("Warning", "ModelLoadFailed", "invalid load key, 'x'")
+             in events(kubectl, namespace, "iris"), TIMEOUT, what="ModelLoadFailed event")
+
+
+def test_delete_garbage_collects_inferenceservice(kubectl: Kubectl, namespace: str,
+                                                  operator: OperatorProcess) -> None:
+    apply(kubectl, namespace, md("iris", {"model": MODEL}))
+    wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    kubectl("delete", "modeldeployment", "iris", "-n", namespace, "--timeout=60s")
+    wait_for(lambda: isvc(kubectl, namespace, "iris") is None, 60,
+             what="the garbage collector to delete the InferenceService")
+
+
+def test_from_trainingjob(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    apply(kubectl, namespace, md("churn", {"fromTrainingJob": "train", "format": "sklearn",
+                                           "protocol": "v2"}))
+
+    def resolved_reason(reason: str) -> bool:
+        s = md_status(kubectl, namespace, "churn")
+        assert condition(s, "ModelResolved").get("reason") == reason, s
+        assert s.get("phase") == "Pending", s
+        return True
+
+    wait_for(lambda: resolved_reason("TrainingJobNotFound"), TIMEOUT,
+             what="ModelResolved=False TrainingJobNotFound")
+    assert isvc(kubectl, namespace, "churn") is None
+
+    run_trainingjob(kubectl, namespace, "train", {"uri": "s3://models/{name}/{version}",
+                                                  "version": "v7"},
+                    check_waiting=lambda: wait_for(
+                        lambda: resolved_reason("WaitingForTrainingJob"), TIMEOUT,
+                        what="ModelResolved=False WaitingForTrainingJob"))
+
+    obj = wait_for(lambda: isvc(kubectl, namespace, "churn"), TIMEOUT,
+                   what="InferenceService after the TrainingJob succeeded")
+    model = obj["spec"]["predictor"]["model"]
+    assert model["storageUri"] == "s3://models/train/v7"
+    assert model["modelFormat"] == {"name": "sklearn"}
+    assert model["protocolVersion"] == "v2"
+    assert model["runtime"] == "slipway-sklearn"
+    assert obj["metadata"]["annotations"]["slipway.dev/model-version"] == "v7"
+
+    def resolved() -> dict[str, Any]:
+        s = md_status(kubectl, namespace, "churn")
+        assert condition(s, "ModelResolved").get("status") == "True", s
+        assert s.get("servingVersion") == "v7", s
+        return s
+
+    status = wait_for(resolved, TIMEOUT, what="ModelResolved=True, servingVersion v7")
+    assert status["model"] == {"format": "sklearn", "uri": "s3://models/train/v7",
+                               "version": "v7", "runtime": "slipway-sklearn",
+                               "source": "TrainingJob/train"}
+
+
+def test_trainingjob_without_format_is_a_user_error(kubectl: Kubectl, namespace: str,
+                                                    operator: OperatorProcess) -> None:
+    apply(kubectl, namespace, md("noformat", {"fromTrainingJob": "train"}))
+    # The TrainingJob declares no output format and the ModelDeployment gives none.
+    run_trainingjob(kubectl, namespace, "train", {"uri": "s3://models/{name}/{version}",
+                                                  "version": "v1"})
+
+    def failed() -> dict[str, Any]:
+        s = md_status(kubectl, namespace, "noformat")
+        assert s.get("phase") == "Failed", s
+        assert condition(s, "ModelResolved").get("reason") == "FormatUnknown", s
+        return s
+
+    wait_for(failed, TIMEOUT, what="phase Failed, FormatUnknown")
+    assert isvc(kubectl, namespace, "noformat") is None
+    wait_for(lambda: any(t == "Warning" and r == "FormatUnknown"
+                         for t, r, _ in events(kubectl, namespace, "noformat")),
+             TIMEOUT, what="Warning event FormatUnknown")

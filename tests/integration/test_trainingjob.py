@@ -1,0 +1,213 @@
+"""TrainingJob end to end on the real control plane; kwok plays the kubelets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from tests.helpers import Kubectl, OperatorProcess, wait_for
+
+FAST = "2s"  # how long kwok keeps a Job pod Running (slipway.dev/fake-duration)
+
+
+def tj(name: str, pod_annotations: dict[str, str] | None = None, **spec: Any) -> str:
+    spec.setdefault("podTemplate", {"metadata": {"annotations": {
+        "slipway.dev/fake-duration": FAST, **(pod_annotations or {})}}})
+    return yaml.safe_dump({"apiVersion": "slipway.dev/v1alpha1", "kind": "TrainingJob",
+                           "metadata": {"name": name}, "spec": {"image": "trainer:1", **spec}})
+
+
+def status(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any]:
+    return dict((kubectl.get("trainingjob", name, ns) or {}).get("status") or {})
+
+
+def wait_phase(kubectl: Kubectl, name: str, ns: str, phase: str,
+               timeout: float = 90) -> dict[str, Any]:
+    return wait_for(lambda: (s := status(kubectl, name, ns)).get("phase") == phase and s,
+                    timeout, what=f"{name} phase {phase} (now {status(kubectl, name, ns)})")
+
+
+def events(kubectl: Kubectl, name: str, ns: str) -> list[tuple[str, str, str]]:
+    items = kubectl.items("events", ns, None)
+    return [(e["type"], e["reason"], e.get("message", "")) for e in items
+            if e["involvedObject"].get("name") == name
+            and e["involvedObject"].get("kind") == "TrainingJob"]
+
+
+def wait_event(kubectl: Kubectl, name: str, ns: str, reason: str,
+               type_: str = "Normal") -> list[tuple[str, str, str]]:
+    def seen() -> list[tuple[str, str, str]] | None:
+        evs = events(kubectl, name, ns)
+        return evs if any(t == type_ and r == reason for t, r, _ in evs) else None
+
+    return wait_for(seen, 30, what=f"a {type_} {reason} event on {name}")
+
+
+def test_single_gpu_job_succeeds_with_output(kubectl: Kubectl, namespace: str,
+                                             operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "one", gpusPerWorker=1, gpuType="NVIDIA-H100-80GB-HBM3",
+        output={"uri": "s3://models/{name}/{version}", "format": "sklearn"}))
+    st = wait_phase(kubectl, "one", namespace, "Succeeded")
+    assert st["output"] == {"uri": "s3://models/one/v1", "version": "v1", "format": "sklearn"}
+    assert st["gpus"] == 1 and st["workers"]["succeeded"] == 1
+    assert st["jobName"].startswith("one-") and st["duration"]
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Created"]["status"] == "True"
+    assert conds["Running"]["status"] == "False"
+    pod = kubectl.items("pods", namespace, "slipway.dev/trainingjob=one")[0]
+    assert pod["spec"]["nodeName"].startswith("kwok-gpu-")
+    assert pod["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    reasons = {r for _, r, _ in wait_event(kubectl, "one", namespace, "Succeeded")}
+    assert "Created" in reasons
+    out = kubectl("get", "tj", "-n", namespace).stdout
+    assert "PHASE" in out and "GPUS" in out and "Succeeded" in out
+
+
+def test_torchrun_two_by_eight(kubectl: Kubectl, namespace: str,
+                               operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "ddp", workers=2, gpusPerWorker=8, distributed={"backend": "torchrun"},
+        pod_annotations={"slipway.dev/fake-duration": "6s"}))
+    st = wait_phase(kubectl, "ddp", namespace, "Running")
+    job = st["jobName"]
+    pods = wait_for(lambda: len(p := kubectl.items(
+        "pods", namespace, "slipway.dev/trainingjob=ddp")) == 2 and p, 30, what="2 pods")
+    nodes = {p["spec"]["nodeName"] for p in pods}
+    assert len(nodes) == 2 and all(n.startswith("kwok-gpu-") for n in nodes)  # 8 GPUs each
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["MASTER_ADDR"]["value"] == f"{job}-0.ddp.{namespace}.svc"
+        assert env["WORLD_SIZE"]["value"] == "16" and env["PET_NNODES"]["value"] == "2"
+        assert env["PET_NPROC_PER_NODE"]["value"] == "8"
+        assert env["MASTER_PORT"]["value"] == env["PET_MASTER_PORT"]["value"] == "29500"
+        assert "job-completion-index" in env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert pod["spec"]["hostname"] == \
+            f"{job}-{pod['metadata']['annotations']['batch.kubernetes.io/job-completion-index']}"
+        assert pod["spec"]["subdomain"] == "ddp"
+    svc = kubectl.get("service", "ddp", namespace)
+    assert svc and svc["spec"]["clusterIP"] == "None"
+    wait_phase(kubectl, "ddp", namespace, "Succeeded")
+
+
+def test_failing_job_retries_then_fails(kubectl: Kubectl, namespace: str,
+                                        operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "flaky", runPolicy={"backoffLimit": 2},
+        pod_annotations={"slipway.dev/fake-exit": "1", "slipway.dev/fake-duration": "1s"}))
+    st = wait_phase(kubectl, "flaky", namespace, "Failed", timeout=150)
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert st["restarts"] == 3  # the first try plus backoffLimit retries
+    wait_event(kubectl, "flaky", namespace, "BackoffLimitExceeded", "Warning")
+
+
+def test_deadline_exceeded(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "slow", runPolicy={"activeDeadlineSeconds": 3},
+        pod_annotations={"slipway.dev/fake-duration": "300s"}))
+    st = wait_phase(kubectl, "slow", namespace, "Failed", timeout=60)
+    assert next(c for c in st["conditions"] if c["type"] == "Failed")["reason"] == \
+        "DeadlineExceeded"
+
+
+def test_suspend_and_resume(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "pausy", pod_annotations={"slipway.dev/fake-duration": "8s"}))
+    wait_phase(kubectl, "pausy", namespace, "Running")
+    kubectl("patch", "tj", "pausy", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    st = wait_phase(kubectl, "pausy", namespace, "Queued")
+    assert next(c for c in st["conditions"] if c["type"] == "Suspended")["status"] == "True"
+    wait_for(lambda: not kubectl.items("pods", namespace, "slipway.dev/trainingjob=pausy"), 60,
+             what="pods of the suspended job to go away")
+    kubectl("patch", "tj", "pausy", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    wait_phase(kubectl, "pausy", namespace, "Running")
+    wait_phase(kubectl, "pausy", namespace, "Succeeded")
+
+
+def test_queue_label_and_kueue_owns_suspend(kubectl: Kubectl, namespace: str,
+                                            operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj("queued", queue="team-a"))
+    st = wait_phase(kubectl, "queued", namespace, "Queued")
+    job = kubectl.get("job", st["jobName"], namespace) or {}
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert next(c for c in st["conditions"] if c["type"] == "Suspended")["reason"] == \
+        "WaitingForAdmission"
+    assert not kubectl.items("pods", namespace, "slipway.dev/trainingjob=queued")
+    # Stand in for Kueue admitting the workload: it unsuspends the Job.
+    kubectl("patch", "job", st["jobName"], "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"suspend":false}}')
+    wait_phase(kubectl, "queued", namespace, "Succeeded")
+    job = kubectl.get("job", st["jobName"], namespace) or {}
+    assert job["spec"]["suspend"] is False  # Slipway never re-suspended it
+
+
+def test_delete_garbage_collects_children(kubectl: Kubectl, namespace: str,
+                                          operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "gc", workers=2, distributed={}, pod_annotations={"slipway.dev/fake-duration": "300s"}))
+    wait_phase(kubectl, "gc", namespace, "Running")
+    assert kubectl.get("service", "gc", namespace)
+    kubectl("delete", "tj", "gc", "-n", namespace, "--wait=false")
+    sel = "slipway.dev/trainingjob=gc"
+    wait_for(lambda: not kubectl.items("jobs", namespace, sel) and
+             not kubectl.items("pods", namespace, sel) and
+             kubectl.get("service", "gc", namespace) is None, 90, what="children to be GC'd")
+
+
+def test_deleted_job_comes_back(kubectl: Kubectl, namespace: str,
+                                operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "heal", pod_annotations={"slipway.dev/fake-duration": "300s"}))
+    st = wait_phase(kubectl, "heal", namespace, "Running")
+    old_uid = (kubectl.get("job", st["jobName"], namespace) or {})["metadata"]["uid"]
+    kubectl("delete", "job", st["jobName"], "-n", namespace, "--wait=true")
+    wait_for(lambda: (kubectl.get("job", st["jobName"], namespace) or {}).get(
+        "metadata", {}).get("uid") not in (None, old_uid), 60, what="the Job to be recreated")
+
+
+def test_operator_restart_mid_run_no_duplicates(kubectl: Kubectl, namespace: str,
+                                                operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "resume", workers=2, distributed={}, pod_annotations={"slipway.dev/fake-duration": "8s"}))
+    st = wait_phase(kubectl, "resume", namespace, "Running")
+    uid = (kubectl.get("job", st["jobName"], namespace) or {})["metadata"]["uid"]
+    operator.stop()
+    operator.start()
+    st2 = wait_phase(kubectl, "resume", namespace, "Succeeded")
+    jobs = kubectl.items("jobs", namespace, "slipway.dev/trainingjob=resume")
+    assert [j["metadata"]["uid"] for j in jobs] == [uid]
+    assert len(kubectl.items("services", namespace, "slipway.dev/trainingjob=resume")) == 1
+    assert st2["startTime"] == st["startTime"]
+
+
+def test_ttl_deletes_finished_job(kubectl: Kubectl, namespace: str,
+                                  operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "ttl", runPolicy={"ttlSecondsAfterFinished": 1}))
+    wait_phase(kubectl, "ttl", namespace, "Succeeded")
+    wait_for(lambda: kubectl.get("tj", "ttl", namespace) is None, 60,
+             what="the TrainingJob to be deleted by its TTL")
+    wait_for(lambda: not kubectl.items("jobs", namespace, "slipway.dev/trainingjob=ttl"), 60,
+             what="its Job to be garbage-collected")
+
+
+def test_unbuildable_spec_fails_cleanly(kubectl: Kubectl, namespace: str,
+                                        operator: OperatorProcess) -> None:
+    # Passes the CRD schema (podTemplate.spec is free-form) but the Job API rejects it.
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "broken", podTemplate={"spec": {"restartPolicy": "Always"}}))
+    st = wait_phase(kubectl, "broken", namespace, "Failed", timeout=60)
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BuildFailed" and "restartPolicy" in failed["message"]
+    wait_event(kubectl, "broken", namespace, "BuildFailed", "Warning")
+    # Fixing the spec recovers it.
+    kubectl("patch", "tj", "broken", "-n", namespace, "--type=json", "-p", json.dumps(
+        [{"op": "remove", "path": "/spec/podTemplate/spec"}]))
+    wait_phase(kubectl, "broken", namespace, "Succeeded")
+    assert operator.proc is not None and operator.proc.poll() is None
