@@ -14,7 +14,7 @@ class Settings(BaseModel):
     metrics_port: int = 9100
     json_logs: bool = False
     resync_seconds: float = Field(
-        15.0, description="How often a timer re-checks children (level-based reconcile).")
+        15.0, description="How often the resync loop re-checks every object.")
     kserve_default_deployment_mode: str = "Standard"
 
     @classmethod

@@ -129,7 +129,11 @@ async def list_objects(api_version: str, kind: str, namespace: str | None,
     query = [("labelSelector", label_selector)] if label_selector else []
     result = await asyncio.to_thread(
         _call, "GET", path(api_version, kind, namespace), None, "application/json", query)
-    return list((result or {}).get("items", []))
+    items = list((result or {}).get("items", []))
+    for item in items:  # list items carry no apiVersion/kind of their own
+        item.setdefault("apiVersion", api_version)
+        item.setdefault("kind", kind)
+    return items
 
 
 async def patch(api_version: str, kind: str, namespace: str | None, name: str,

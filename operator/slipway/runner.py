@@ -20,7 +20,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Progress and diff-base live in status, never in the size-limited annotations.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
-    settings.persistence.finalizer = "slipway.dev/finalizer"
     # Short watches: a silently frozen watch is replaced within two minutes.
     settings.watching.server_timeout = 90
     settings.watching.client_timeout = 120

@@ -187,7 +187,7 @@ def test_deleted_inferenceservice_comes_back(kubectl: Kubectl, namespace: str,
         obj = isvc(kubectl, namespace, "iris")
         return obj is not None and obj["metadata"]["uid"] != first["metadata"]["uid"]
 
-    wait_for(recreated, TIMEOUT, what="the resync timer to recreate the InferenceService")
+    wait_for(recreated, TIMEOUT, what="the resync loop to recreate the InferenceService")
 
 
 def test_status_mirrors_inferenceservice(kubectl: Kubectl, namespace: str,

@@ -1,15 +1,17 @@
 """ModelDeployment handlers: keep one KServe InferenceService per ModelDeployment.
 
-One level-based `reconcile()` sits behind create/update/resume, a resync timer and
-TrainingJob events: parse the spec, resolve the model, build the InferenceService (pure),
+One level-based `reconcile()` sits behind create/update/resume, the operator-wide
+resync loop (controllers.resync), InferenceService events and TrainingJob events:
+parse the spec, resolve the model, build the InferenceService (pure),
 server-side apply it, and mirror its status back. User mistakes become a condition, a
 Warning Event and (in change handlers) kopf.PermanentError; API faults become
-kopf.TemporaryError in change handlers and a log line in the timer (it comes back anyway).
+kopf.TemporaryError in change handlers and a log line in the resync (it comes back anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from slipway.builders.inferenceservice import (
     transition_events,
 )
 from slipway.config import SETTINGS
+from slipway.controllers import resync
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
@@ -41,6 +44,7 @@ OWNED = ("phase", "message", "conditions", "observedGeneration", "url", "serving
          "model", "inferenceService")
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
+_log = logging.getLogger("slipway.modeldeployment")
 
 
 @dataclass(frozen=True)
@@ -178,18 +182,30 @@ async def reconcile_modeldeployment(namespace: str | None, name: str, logger: ko
         raise kopf.PermanentError(outcome.message)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds,
-            initial_delay=SETTINGS.resync_seconds)
-async def resync_modeldeployment(namespace: str | None, name: str, logger: kopf.Logger,
-                                 **_: Any) -> None:
-    """Level-based resync: a deleted or edited InferenceService converges back, and its
-    status keeps flowing into the ModelDeployment. Errors only get logged: the next tick
-    is the retry."""
-    assert namespace is not None
+async def _resync(body: dict[str, Any]) -> None:
+    """Level-based resync (see controllers.resync): a deleted or edited InferenceService
+    converges back, and its status keeps flowing into the ModelDeployment."""
+    meta = body["metadata"]
+    await reconcile(meta["namespace"], meta["name"], _log)
+
+
+resync.register(API_VERSION, KIND, _resync)
+
+
+@kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",
+               labels={"app.kubernetes.io/managed-by": "slipway"})
+async def inferenceservice_changed(namespace: str | None, body: kopf.Body,
+                                   logger: kopf.Logger, **_: Any) -> None:
+    """Mirror a change of an owned InferenceService (e.g. KServe's status) at once."""
+    owner = next((o for o in body["metadata"].get("ownerReferences", [])
+                  if o.get("kind") == KIND), None)
+    if namespace is None or owner is None:
+        return
     try:
-        await reconcile(namespace, name, logger)
+        await reconcile(namespace, owner["name"], logger)
     except kube.KubeError as exc:
-        logger.warning(f"resync failed, retrying in {SETTINGS.resync_seconds}s: {exc}")
+        logger.warning(f"reconciling ModelDeployment {owner['name']} after its "
+                       f"InferenceService changed failed; the resync retries: {exc}")
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -212,4 +228,4 @@ async def serve_trainingjob_output(namespace: str | None, name: str, logger: kop
             await reconcile(namespace, md, logger)
         except kube.KubeError as exc:
             logger.warning(f"reconciling ModelDeployment {md} after TrainingJob {name} "
-                           f"changed failed; the resync timer retries: {exc}")
+                           f"changed failed; the resync retries: {exc}")

@@ -1,6 +1,6 @@
 """TrainingJob handlers: parse, build, apply, observe, write status.
 
-Level-based: create/update/resume, a resync timer and every event of an owned
+Level-based: create/update/resume, the operator-wide resync and every event of an owned
 Job all run the same idempotent `reconcile()`. Finished jobs are never re-run.
 """
 
@@ -24,7 +24,7 @@ from slipway.builders.trainingjob import (
     build_service,
     resolve_output,
 )
-from slipway.config import SETTINGS
+from slipway.controllers import resync
 from slipway.events import emit
 from slipway.status.trainingjob import (
     Observation,
@@ -187,14 +187,11 @@ async def trainingjob_changed(body: kopf.Body, **_: Any) -> None:
     await _handle(body)
 
 
-@kopf.timer("slipway.dev", "v1alpha1", "trainingjobs", interval=SETTINGS.resync_seconds,
-            initial_delay=SETTINGS.resync_seconds)
-async def trainingjob_resync(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    # Level-based safety net: recreates deleted children, applies TTLs.
-    try:
-        await _handle(body)
-    except (kopf.TemporaryError, kopf.PermanentError) as exc:
-        logger.warning(f"resync failed, will retry on the next tick: {exc}")
+async def _resync(tj: dict[str, Any]) -> None:
+    await reconcile(tj)
+
+
+resync.register(API_VERSION, KIND, _resync)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL: kopf.PRESENT})

@@ -1,0 +1,82 @@
+"""One operator-wide resync loop instead of per-object Kopf timers.
+
+Kopf adds a finalizer to every object that has a timer or daemon; a stale
+finalizer then blocks namespace deletion once the operator is gone. A single
+background loop that lists each kind and reconciles every object gives the same
+level-based safety net (deleted children come back, TTLs fire, child status
+flows in) with no finalizer at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from slipway import kube
+from slipway.config import SETTINGS
+
+log = logging.getLogger("slipway.resync")
+
+Reconciler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    api_version: str
+    kind: str
+    reconcile: Reconciler
+
+
+_REGISTRY: list[_Entry] = []
+
+
+def register(api_version: str, kind: str, reconcile: Reconciler) -> None:
+    """Have *reconcile* called with every object of *kind* on each resync tick."""
+    _REGISTRY.append(_Entry(api_version, kind, reconcile))
+
+
+async def resync_once() -> int:
+    """Reconcile every registered object once; errors are logged, never raised."""
+    count = 0
+    for entry in _REGISTRY:
+        try:
+            objs = await kube.list_objects(entry.api_version, entry.kind, SETTINGS.namespace)
+        except kube.KubeError as exc:
+            log.warning(f"listing {entry.kind} failed, retrying next tick: {exc}")
+            continue
+        for obj in objs:
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                await entry.reconcile(obj)
+                count += 1
+            except Exception as exc:  # one bad object must not stop the others
+                name = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+                log.warning(f"resync of {entry.kind} {name} failed: {exc}")
+    return count
+
+
+async def _loop(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await resync_once()
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo["resync_task"] = asyncio.create_task(_loop(SETTINGS.resync_seconds))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
