@@ -10,6 +10,8 @@ from pathlib import Path
 
 from slipway import __version__
 
+# The checked-in CRDs, and the copy Helm installs from the chart.
+DEFAULT_CRD_DIRS = ("crds", "charts/slipway/crds")
 DEFAULT_DEV_DIR = Path(os.environ.get("SLIPWAY_DEV_DIR",
                                       Path.home() / ".cache" / "slipway" / "dev"))
 
@@ -32,7 +34,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_crds(args: argparse.Namespace) -> int:
     from slipway.crdgen import write_all
 
-    changed = write_all(Path(args.out), check=args.check)
+    changed = [path for out in args.out or DEFAULT_CRD_DIRS
+               for path in write_all(Path(out), check=args.check)]
     if args.check and changed:
         print("out of date (run `slipway crds`): " + ", ".join(map(str, changed)), file=sys.stderr)
         return 1
@@ -86,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     crds = sub.add_parser("crds", help="generate crds/ from the API models")
-    crds.add_argument("--out", default="crds")
+    crds.add_argument("--out", action="append",
+                      help="output directory, repeatable (default: crds/ and the chart's crds/)")
     crds.add_argument("--check", action="store_true", help="fail if crds/ is out of date")
     crds.set_defaults(func=_cmd_crds)
 
