@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -167,6 +168,9 @@ class Cluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         if (self.dir / STATE_FILE).exists():
             stop_from_state(self.dir)
+        # Every start is a fresh cluster: new PKI, empty etcd, fresh logs.
+        for stale in ("etcd", "logs"):
+            shutil.rmtree(self.dir / stale, ignore_errors=True)
         pki = write_pki(self.dir / "pki", SERVICE_IP)
         api_port = free_port()
         self.state = ClusterState(str(self.dir), str(self.kubeconfig),
