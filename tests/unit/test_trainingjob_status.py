@@ -34,6 +34,7 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 def test_no_job_is_pending() -> None:
     obs = observe(SPEC, tj(), None, None, NOW)
     assert obs.status["phase"] == "Pending" and obs.status["gpus"] == 16
+    assert obs.status["serviceName"] == "t"
     assert [e.reason for e in obs.events] == ["Pending"]
 
 

@@ -57,6 +57,8 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
         "observedGeneration": generation,
         "gpus": spec.workers * spec.gpus_per_worker,
     }
+    if spec.distributed:
+        status["serviceName"] = tj["metadata"]["name"]
 
     def cond(type_: str, value: bool, reason: str, message: str = "") -> None:
         nonlocal conds
