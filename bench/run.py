@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from slipway.devcluster import Cluster
-from slipway.devcluster.cluster import free_port
+from slipway.devcluster.operator_process import OperatorProcess
 
 
 def _rss_mib(pid: int) -> float:
@@ -86,20 +83,9 @@ def main() -> int:
         cluster.start()
         results["control_plane"] = {"start_s": round(time.monotonic() - t0, 2),
                                     "timings_s": cluster.timings, "rss_mib": cluster.rss_mib()}
-        port = free_port()
-        env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
-        log = (Path(tmp) / "operator.log").open("wb")
-        op = subprocess.Popen([sys.executable, "-m", "slipway.cli", "run", "--metrics-port", "0",
-                               "--liveness-port", str(port)], stdout=log,
-                              stderr=subprocess.STDOUT, env=env)
+        op = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log",
+                             resync_seconds=15).start()
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
             results["operator_idle_rss_mib"] = _rss_mib(op.pid)
             n = args.jobs
             results["peer_batch_jobs"] = _timed(cluster, "jobs", "bench-jobs",
@@ -111,8 +97,7 @@ def main() -> int:
             ours = results["slipway_trainingjobs"]["all_done_s"]
             results["overhead_vs_peer_s"] = round(ours - peer, 2)
         finally:
-            op.terminate()
-            op.wait(timeout=20)
+            op.stop()
             cluster.stop()
     text = json.dumps(results, indent=2)
     print(text)

@@ -1,18 +1,20 @@
-"""Test helpers: polling with deadlines, kubectl, and an operator process."""
+"""Test helpers: polling with deadlines and kubectl. (OperatorProcess lives in
+slipway.devcluster, shared with the demo and the benchmarks.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from slipway.devcluster.operator_process import OperatorProcess
+
+__all__ = ["Kubectl", "OperatorProcess", "wait_for"]
 
 T = TypeVar("T")
 
@@ -71,55 +73,3 @@ class Kubectl:
         if selector:
             args += ["-l", selector]
         return list(json.loads(self(*args).stdout)["items"])
-
-
-class OperatorProcess:
-    """`slipway run` as a real subprocess against the test cluster."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, liveness_port: int,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.liveness_port = liveness_port
-        self.extra_env = extra_env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), SLIPWAY_RESYNC_SECONDS="3",
-                   **self.extra_env)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "slipway.cli", "run", "--metrics-port", "0",
-                 "--liveness-port", str(self.liveness_port)],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_for(self._healthy, timeout=60, what=f"operator /healthz (log {self.log_path})")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
-        try:
-            url = f"http://127.0.0.1:{self.liveness_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None

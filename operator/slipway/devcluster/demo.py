@@ -9,15 +9,12 @@ mark them Ready, prints what `kubectl get slipway` shows, then tears down.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from slipway.devcluster.binaries import repo_root
-from slipway.devcluster.cluster import Cluster, free_port
+from slipway.devcluster.cluster import Cluster
+from slipway.devcluster.operator_process import OperatorProcess
 
 NAMESPACE = "slipway-demo"
 
@@ -63,26 +60,11 @@ def run_demo(directory: Path, keep: bool = False) -> int:
     _say("starting the local control plane (first run builds it from Go modules)")
     cluster.start()
     _say(f"control plane up in {cluster.timings.get('total')}s; RSS MiB {cluster.rss_mib()}")
-    operator: subprocess.Popen[bytes] | None = None
+    operator = OperatorProcess(cluster.kubeconfig, directory / "operator.log",
+                               resync_seconds=5)
     try:
-        port = free_port()
-        log = directory / "operator.log"
-        env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), SLIPWAY_RESYNC_SECONDS="5")
-        with log.open("ab") as out:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "slipway.cli", "run", "--metrics-port", "0",
-                 "--liveness-port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-        def healthy() -> bool:
-            try:
-                url = f"http://127.0.0.1:{port}/healthz"
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    return bool(resp.status == 200)
-            except OSError:
-                return False
-
-        _wait("the operator's /healthz", healthy, 60)
-        _say(f"operator running (log: {log})")
+        operator.start()
+        _say(f"operator running (log: {operator.log_path})")
 
         cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         samples = sorted((repo_root() / "manifests" / "samples").glob("*.yaml"))
@@ -116,9 +98,7 @@ def run_demo(directory: Path, keep: bool = False) -> int:
         _say("demo finished")
         return 0
     finally:
-        if operator is not None:
-            operator.terminate()
-            operator.wait(timeout=20)
+        operator.stop()
         if keep:
             _say(f"cluster left running: export KUBECONFIG={cluster.kubeconfig}")
         else:

@@ -1,0 +1,70 @@
+"""`slipway run` as a real subprocess against a local cluster (demo, tests, bench)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from slipway.devcluster.cluster import free_port
+
+
+class OperatorProcess:
+    """Start, health-check and stop one operator process; restartable."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, liveness_port: int | None = None,
+                 resync_seconds: float = 3.0, extra_env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.liveness_port = liveness_port or free_port()
+        self.env = {"SLIPWAY_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), **self.env)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "slipway.cli", "run", "--metrics-port", "0",
+                 "--liveness-port", str(self.liveness_port)],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"operator not healthy after {timeout:.0f}s; log tail:\n"
+                           f"{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise RuntimeError(f"operator exited ({code}):\n{self.log_tail()}")
+        try:
+            url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
