@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from slipway import events, kube
+from slipway import events, kube, metrics
 from slipway.api.common import API_VERSION, GROUP, VERSION, set_condition
 from slipway.api.modeldeployment import DEFAULT_RUNTIMES, ModelDeploymentSpec, ResolvedModel
 from slipway.builders import inferenceservice as isvc_builder
@@ -173,9 +173,12 @@ async def reconcile_modeldeployment(namespace: str | None, name: str, logger: ko
                                     **_: Any) -> None:
     assert namespace is not None
     try:
-        outcome = await reconcile(namespace, name, logger)
+        with metrics.RECONCILE_SECONDS.labels(KIND).time():
+            outcome = await reconcile(namespace, name, logger)
     except kube.KubeError as exc:
+        metrics.RECONCILES.labels(KIND, "error").inc()
         raise kopf.TemporaryError(f"API error, will retry: {exc}", delay=TEMPORARY_DELAY) from exc
+    metrics.RECONCILES.labels(KIND, "ok").inc()
     if outcome is not None and outcome.user_error:
         # The condition and the Warning Event are written; retrying cannot help until the
         # spec (or the TrainingJob) changes, which the timer and the watches notice.

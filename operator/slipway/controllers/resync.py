@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from slipway import kube
+from slipway import kube, metrics
 from slipway.config import SETTINGS
 
 log = logging.getLogger("slipway.resync")
@@ -50,6 +50,7 @@ async def resync_once() -> int:
         except kube.KubeError as exc:
             log.warning(f"listing {entry.kind} failed, retrying next tick: {exc}")
             continue
+        metrics.set_phases(entry.kind, [(o.get("status") or {}).get("phase") for o in objs])
         for obj in objs:
             if obj["metadata"].get("deletionTimestamp"):
                 continue

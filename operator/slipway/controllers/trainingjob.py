@@ -52,7 +52,6 @@ async def _write(tj: dict[str, Any], obs: Observation) -> None:
                          subresource="status")
     for ev in obs.events:
         emit(tj, ev.type, ev.reason, ev.message)
-    metrics.PHASE.labels(KIND, obs.status.get("phase", "Unknown"))
 
 
 def _desired_suspend(spec: TrainingJobSpec, current: dict[str, Any] | None) -> bool | None:
