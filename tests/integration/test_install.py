@@ -109,3 +109,12 @@ def test_operator_works_with_only_the_charts_rbac(cluster: Cluster, kubectl: Kub
     finally:
         restricted.stop()
         operator.start()
+
+
+def test_servingruntimes_apply_against_kserve_crds(kubectl: Kubectl) -> None:
+    proc = kubectl("apply", "--dry-run=server", "-f", str(ROOT / "runtimes" / "servingruntimes"),
+                   check=False)
+    assert proc.returncode == 0, proc.stderr
+    names = set(proc.stdout.split())
+    assert {"clusterservingruntime.serving.kserve.io/slipway-sklearn",
+            "clusterservingruntime.serving.kserve.io/slipway-xgboost"} <= names, proc.stdout
