@@ -30,6 +30,7 @@ from slipway.status.trainingjob import (
     Observation,
     build_failed,
     is_final,
+    job_condition,
     observe,
     ttl_expired,
 )
@@ -122,15 +123,14 @@ async def _reconcile(tj: dict[str, Any]) -> None:
             await _write(tj, build_failed(tj, f"the Job was rejected: {exc}", now))
             return
         emit(tj, "Normal", "Created", f"created Job {desired['metadata']['name']}")
-    elif current is not None and note is None:
+    elif note is None:
         current = await _converge(spec, desired, current)
 
     await _write(tj, observe(spec, tj, current, resolve_output(spec, tj), now, note))
 
 
 def _finished(job: dict[str, Any]) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in job.get("status", {}).get("conditions", []) or [])
+    return job_condition(job, "Complete", "Failed") is not None
 
 
 async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],

@@ -26,7 +26,8 @@ class Observation:
     events: list[Event] = field(default_factory=list)
 
 
-def _job_condition(job: dict[str, Any], *types: str) -> dict[str, Any] | None:
+def job_condition(job: dict[str, Any], *types: str) -> dict[str, Any] | None:
+    """The first True condition of *job* among *types*."""
     for cond in job.get("status", {}).get("conditions", []) or []:
         if cond.get("type") in types and cond.get("status") == "True":
             return dict(cond)
@@ -76,8 +77,8 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
             startTime=js.get("startTime") or old.get("startTime"),
         )
         cond("Created", True, "JobCreated", f"Job {job['metadata']['name']} created")
-        done = _job_condition(job, "Complete")
-        failed = _job_condition(job, "Failed")
+        done = job_condition(job, "Complete")
+        failed = job_condition(job, "Failed")
         suspended = bool(job.get("spec", {}).get("suspend"))
         if done:
             phase, reason = "Succeeded", "JobSucceeded"
