@@ -36,3 +36,15 @@ class Settings(BaseModel):
 
 
 SETTINGS = Settings.from_env()
+
+# The settings the running operator uses: SETTINGS unless `slipway run` overrode them.
+_active: Settings = SETTINGS
+
+
+def activate(settings: Settings) -> None:
+    global _active
+    _active = settings
+
+
+def active() -> Settings:
+    return _active

@@ -9,10 +9,7 @@ from typing import Any
 import kopf
 
 from slipway import metrics
-from slipway.config import SETTINGS, Settings
-
-# The settings `run()` was started with (the CLI may override the environment's).
-_active: Settings = SETTINGS
+from slipway.config import SETTINGS, Settings, activate, active
 
 
 @kopf.on.startup()
@@ -27,7 +24,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     settings.posting.level = logging.INFO
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
-    metrics.serve(_active.metrics_port)
+    metrics.serve(active().metrics_port)
 
 
 @kopf.on.probe(id="alive")
@@ -37,8 +34,7 @@ async def alive(**_: Any) -> bool:
 
 def run(settings: Settings = SETTINGS) -> None:
     """Run the operator until interrupted."""
-    global _active
-    _active = settings
+    activate(settings)
     import slipway.controllers  # noqa: F401  (registers the handlers)
 
     kopf.configure(

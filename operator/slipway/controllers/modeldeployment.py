@@ -30,7 +30,7 @@ from slipway.builders.inferenceservice import (
     resolve_model,
     transition_events,
 )
-from slipway.config import SETTINGS
+from slipway.config import active
 from slipway.controllers import resync
 
 KIND = "ModelDeployment"
@@ -121,7 +121,7 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
         apply_error: str | None = None
         if model is not None:
             manifest = build_inference_service(spec, body, model,
-                                               SETTINGS.kserve_default_deployment_mode)
+                                               active().kserve_default_deployment_mode)
             try:
                 isvc = await kube.apply(manifest)
             except kube.KubeError as exc:
