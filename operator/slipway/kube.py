@@ -13,6 +13,7 @@ import json
 import threading
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -82,7 +83,7 @@ def _call(method: str, url: str, body: Any = None, content_type: str = "applicat
     try:
         resp = api.call_api(method, full_url, headers, body, post, _request_timeout=30)
         resp.read()
-    except (ApiException, OSError) as exc:  # connection trouble: transient
+    except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:  # transient
         raise KubeError(f"{method} {url}: {exc}", 0) from exc
     if resp.status == 404 and method in ("GET", "DELETE"):
         return None

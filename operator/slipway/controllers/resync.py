@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import kopf
 
 from slipway import kube, metrics
-from slipway.config import SETTINGS
+from slipway.config import active
 
 log = logging.getLogger("slipway.resync")
+
+RECONCILE_TIMEOUT = 60.0  # seconds one object may take within a tick
 
 Reconciler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -46,7 +49,7 @@ async def resync_once() -> int:
     count = 0
     for entry in _REGISTRY:
         try:
-            objs = await kube.list_objects(entry.api_version, entry.kind, SETTINGS.namespace)
+            objs = await kube.list_objects(entry.api_version, entry.kind, active().namespace)
         except kube.KubeError as exc:
             log.warning(f"listing {entry.kind} failed, retrying next tick: {exc}")
             continue
@@ -55,7 +58,8 @@ async def resync_once() -> int:
             if obj["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                await entry.reconcile(obj)
+                # A stuck object (say a hung API call) must not stall every other one.
+                await asyncio.wait_for(entry.reconcile(obj), RECONCILE_TIMEOUT)
                 count += 1
             except Exception as exc:  # one bad object must not stop the others
                 name = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
@@ -66,12 +70,21 @@ async def resync_once() -> int:
 async def _loop(interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        await resync_once()
+        start = time.monotonic()
+        try:
+            count = await resync_once()
+        except Exception:  # the safety net itself must never stop
+            log.exception("resync tick failed; trying again next tick")
+            continue
+        took = time.monotonic() - start
+        if took > interval:
+            log.warning(f"resync of {count} objects took {took:.1f}s, longer than the "
+                        f"{interval:.0f}s interval")
 
 
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    memo["resync_task"] = asyncio.create_task(_loop(SETTINGS.resync_seconds))
+    memo["resync_task"] = asyncio.create_task(_loop(active().resync_seconds))
 
 
 @kopf.on.cleanup()
