@@ -25,8 +25,12 @@ def status(kubectl: Kubectl, name: str, ns: str) -> dict[str, Any]:
 
 def wait_phase(kubectl: Kubectl, name: str, ns: str, phase: str,
                timeout: float = 90) -> dict[str, Any]:
-    return wait_for(lambda: (s := status(kubectl, name, ns)).get("phase") == phase and s,
-                    timeout, what=f"{name} phase {phase} (now {status(kubectl, name, ns)})")
+    def reached() -> dict[str, Any]:
+        s = status(kubectl, name, ns)
+        assert s.get("phase") == phase, f"phase is {s.get('phase')}: {s}"  # shown on timeout
+        return s
+
+    return wait_for(reached, timeout, what=f"{name} phase {phase}")
 
 
 def events(kubectl: Kubectl, name: str, ns: str) -> list[tuple[str, str, str]]:
@@ -188,11 +192,14 @@ def test_operator_restart_mid_run_no_duplicates(kubectl: Kubectl, namespace: str
 
 def test_ttl_deletes_finished_job(kubectl: Kubectl, namespace: str,
                                   operator: OperatorProcess) -> None:
+    # The TTL must outlast a poll or two, or the job could pass through Succeeded and
+    # be deleted between two looks at it.
     kubectl("apply", "-n", namespace, "-f", "-", input=tj(
-        "ttl", runPolicy={"ttlSecondsAfterFinished": 1}))
+        "ttl", runPolicy={"ttlSecondsAfterFinished": 5}))
     wait_phase(kubectl, "ttl", namespace, "Succeeded")
     wait_for(lambda: kubectl.get("tj", "ttl", namespace) is None, 60,
              what="the TrainingJob to be deleted by its TTL")
+    wait_event(kubectl, "ttl", namespace, "TTLExpired")
     wait_for(lambda: not kubectl.items("jobs", namespace, "slipway.dev/trainingjob=ttl"), 60,
              what="its Job to be garbage-collected")
 
