@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Build the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm) from the pinned Go modules under
-# hack/tools/, into a cache outside the repo keyed by those pins. Also fetch
-# KServe's CRDs from the pinned kserve module. Skips everything already there.
+# Build the local platform from the pinned Go modules under hack/tools/ into a
+# cache outside the repo: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kwok, helm, KServe's controller manager and
+# Prometheus. Also fetch KServe's CRDs and inferenceservice-config from the
+# pinned kserve module and the Gateway API CRDs from the gateway-api module.
+# Skips everything already there (a warm run takes milliseconds).
 #
-# Prints "kserve-crds=<dir>" and then the bin directory on its last line. Env:
+# Each tool's cache key covers only versions.env and its own go.mod/go.sum, so
+# adding or bumping one tool never rebuilds the others. Tools from different
+# modules build in parallel (their downloads overlap with the compiles).
+#
+# Prints "kserve-assets=<dir>", "gateway-crds=<dir>" and then the bin directory
+# on its last line. Env:
 #   SLIPWAY_CACHE   cache root (default ~/.cache/slipway)
 #   SLIPWAY_TOOLS   space-separated subset to build (default: all)
 set -euo pipefail
@@ -14,10 +21,10 @@ cache=${SLIPWAY_CACHE:-$HOME/.cache/slipway}
 # shellcheck source=hack/versions.env
 source "$here/versions.env"
 
-key=$(cat "$here/versions.env" "$here"/tools/*/go.mod "$here"/tools/*/go.sum | sha256sum | cut -c1-16)
-bin="$cache/bin/$key"
-crds="$cache/kserve-crds/$KSERVE_VERSION"
-mkdir -p "$bin" "$crds"
+bin="$cache/bin"
+kserve_assets="$cache/kserve/$KSERVE_VERSION"
+gateway_crds="$cache/gateway-api/$GATEWAY_API_VERSION"
+mkdir -p "$bin" "$cache/logs"
 
 major=${KUBE_VERSION#v}; major=${major%%.*}
 minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
@@ -30,40 +37,110 @@ kube_ldflags="-s -w \
  -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION \
  -X k8s.io/client-go/pkg/version.gitMajor=$major \
  -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+prom_ldflags="-s -w \
+ -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v} \
+ -X github.com/prometheus/common/version.Branch=slipway"
+
+# The cached path of <binary> built from hack/tools/<dir>.
+path_of() { # path_of <tooldir> <binary-name>
+  local key
+  key=$(cat "$here/versions.env" "$here/tools/$1/go.mod" "$here/tools/$1/go.sum" \
+        | sha256sum | cut -c1-12)
+  echo "$bin/$2-$key"
+}
 
 build() { # build <tooldir> <binary-name> <package> [ldflags]
-  local dir=$1 name=$2 pkg=$3 ldflags=${4:--s -w}
-  if [ -x "$bin/$name" ]; then return 0; fi
+  local dir=$1 name=$2 pkg=$3 ldflags=${4:--s -w} out
+  out=$(path_of "$dir" "$name")
+  if [ -x "$out" ]; then return 0; fi
   echo ">> building $name ($pkg)" >&2
   local start=$SECONDS
-  (cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg")
-  mv "$bin/$name.tmp" "$bin/$name"
+  if ! (cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" \
+          -tags "${TAGS:-}" -o "$out.tmp" "$pkg") >"$cache/logs/$name.log" 2>&1; then
+    echo "!! building $name failed; tail of $cache/logs/$name.log:" >&2
+    tail -n 30 "$cache/logs/$name.log" >&2
+    return 1
+  fi
+  mv "$out.tmp" "$out"
   echo ">> built $name in $((SECONDS - start))s" >&2
 }
 
-want=${SLIPWAY_TOOLS:-"etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm"}
-for t in $want; do
-  case $t in
+build_tool() { # build_tool <name>
+  case $1 in
     etcd) build etcd etcd go.etcd.io/etcd/server/v3 ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
-      build kube "$t" "k8s.io/kubernetes/cmd/$t" "$kube_ldflags" ;;
+      build kube "$1" "k8s.io/kubernetes/cmd/$1" "$kube_ldflags" ;;
     kwok) build kwok kwok sigs.k8s.io/kwok/cmd/kwok \
             "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" ;;
     helm) build helm helm helm.sh/helm/v3/cmd/helm \
             "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
-    *) echo "unknown tool $t" >&2; exit 2 ;;
+    kserve-manager) build kserve kserve-manager github.com/kserve/kserve/cmd/manager ;;
+    prometheus) TAGS=remove_all_sd build prometheus prometheus \
+                  github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags" ;;
+    *) echo "unknown tool $1" >&2; return 2 ;;
   esac
+}
+
+module_dir() { # module_dir <module@version>: download it, print its directory
+  (cd "$here/tools/kube" && GOFLAGS=-mod=mod go mod download -json "$1" \
+     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
+
+fetch_assets() {
+  # Bump the stamp name when the set of copied files changes.
+  if [ ! -f "$kserve_assets/.done-2" ]; then
+    echo ">> fetching KServe $KSERVE_VERSION CRDs and inferenceservice-config" >&2
+    local dir; dir=$(module_dir "github.com/kserve/kserve@$KSERVE_VERSION")
+    mkdir -p "$kserve_assets/crds"
+    for f in inferenceservices servingruntimes clusterservingruntimes inferencegraphs \
+             trainedmodels localmodelcaches clusterstoragecontainers; do
+      cp "$dir/config/crd/full/serving.kserve.io_$f.yaml" "$kserve_assets/crds/"
+    done
+    cp "$dir/config/configmap/inferenceservice.yaml" "$kserve_assets/"
+    cp "$dir/config/webhook/manifests.yaml" "$kserve_assets/webhooks.yaml"
+    chmod -R u+w "$kserve_assets"
+    touch "$kserve_assets/.done-2"
+  fi
+  if [ ! -f "$gateway_crds/.done" ]; then
+    echo ">> fetching Gateway API $GATEWAY_API_VERSION CRDs" >&2
+    local dir; dir=$(module_dir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
+    mkdir -p "$gateway_crds"
+    cp "$dir"/config/crd/standard/*.yaml "$gateway_crds/"
+    chmod -R u+w "$gateway_crds"
+    touch "$gateway_crds/.done"
+  fi
+}
+
+want=${SLIPWAY_TOOLS:-"etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kserve-manager prometheus"}
+# One job per module directory, run in parallel; tools of one module (kube) in sequence.
+declare -A groups=()
+for t in $want; do
+  case $t in kube-*|kubectl) g=kube ;; *) g=$t ;; esac
+  groups[$g]="${groups[$g]:-} $t"
 done
+pids=()
+for g in "${!groups[@]}"; do
+  ( for t in ${groups[$g]}; do build_tool "$t"; done ) &
+  pids+=($!)
+done
+fetch_assets
+fail=0
+for p in "${pids[@]}"; do wait "$p" || fail=1; done
+[ $fail -eq 0 ] || { echo "!! some tools failed to build" >&2; exit 1; }
 
-if [ ! -f "$crds/serving.kserve.io_inferenceservices.yaml" ]; then
-  echo ">> fetching KServe $KSERVE_VERSION CRDs" >&2
-  dir=$(cd "$here/tools/kube" && GOFLAGS=-mod=mod go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  for f in inferenceservices servingruntimes clusterservingruntimes inferencegraphs; do
-    cp "$dir/config/crd/full/serving.kserve.io_$f.yaml" "$crds/"
-  done
-  chmod u+w "$crds"/*.yaml
-fi
+# A directory of links named after each tool (for PATH), keyed by what they point
+# at, so checkouts with different pins sharing one cache never see each other's.
+targets=()
+for t in $want; do
+  case $t in
+    etcd) d=etcd ;; kube-*|kubectl) d=kube ;; kserve-manager) d=kserve ;; *) d=$t ;;
+  esac
+  targets+=("$t=$(path_of "$d" "$t")")
+done
+links="$cache/bin/set-$(printf '%s\n' "${targets[@]}" | sha256sum | cut -c1-12)"
+mkdir -p "$links"
+for entry in "${targets[@]}"; do ln -sfn "${entry#*=}" "$links/${entry%%=*}"; done
 
-echo "kserve-crds=$crds"
-echo "$bin"
+echo "kserve-assets=$kserve_assets"
+echo "gateway-crds=$gateway_crds"
+echo "$links"

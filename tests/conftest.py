@@ -52,9 +52,28 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[OperatorProcess]:
     """One `slipway run` process for the whole session."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(cluster.kubeconfig, log, free_port()).start()
+    op = OperatorProcess(cluster.kubeconfig, log, free_port(),
+                         prometheus_targets=cluster.dir / "prometheus" / "targets").start()
     yield op
     op.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(cluster: Cluster) -> str:
+    """Base URL of the local gateway (stand-in for a Gateway API data plane)."""
+    return cluster.endpoints["gateway"]
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: Cluster) -> str:
+    """Base URL of the local Prometheus."""
+    return cluster.endpoints["prometheus"]
+
+
+@pytest.fixture(scope="session")
+def model_store(cluster: Cluster) -> Path:
+    """Root of the local model store (storage URIs map to folders below it)."""
+    return cluster.dir / "models"
 
 
 @pytest.fixture

@@ -48,10 +48,11 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
     from slipway.devcluster import Cluster
 
     cluster = Cluster(Path(args.dir), gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes,
-                      gpus_per_node=args.gpus_per_node, install_crds=not args.no_crds)
+                      gpus_per_node=args.gpus_per_node, install_crds=not args.no_crds,
+                      serving=not args.no_serving)
     cluster.start()
-    print(json.dumps({"timings_s": cluster.timings, "rss_mib": cluster.rss_mib()}),
-          file=sys.stderr)
+    print(json.dumps({"timings_s": cluster.timings, "rss_mib": cluster.rss_mib(),
+                      "endpoints": cluster.endpoints}), file=sys.stderr)
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     print(f"export PATH={cluster.bin}:$PATH")
     return 0
@@ -62,6 +63,36 @@ def _cmd_dev_down(args: argparse.Namespace) -> int:
 
     stopped = stop_from_state(Path(args.dir))
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _cmd_dev_load(args: argparse.Namespace) -> int:
+    """Send a bounded request stream through the local gateway to one InferenceService."""
+    import asyncio
+    import subprocess
+    from urllib.parse import urlsplit
+
+    from slipway.devcluster.cluster import read_state
+    from slipway.devcluster.load import make_payloads, run_load
+
+    state = read_state(Path(args.dir))
+    if "gateway" not in state.endpoints:
+        print("error: the local cluster runs no gateway (started with --no-serving?)",
+              file=sys.stderr)
+        return 1
+    proc = subprocess.run(["kubectl", "--kubeconfig", state.kubeconfig, "get",
+                           "inferenceservice", args.name, "-n", args.namespace, "-o",
+                           "jsonpath={.status.url}"], capture_output=True, text=True, check=False)
+    host = urlsplit(proc.stdout.strip()).hostname if proc.returncode == 0 else None
+    if not host:
+        print(f"error: InferenceService {args.namespace}/{args.name} has no status.url yet "
+              f"{proc.stderr.strip()}", file=sys.stderr)
+        return 1
+    report = asyncio.run(run_load(
+        state.endpoints["gateway"], host, args.model or args.name, rate=args.rate,
+        duration=args.duration, protocol=args.protocol,
+        payloads=make_payloads(n_features=args.features)))
+    print(report)
     return 0
 
 
@@ -102,10 +133,24 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cpu-nodes", type=int, default=2)
     up.add_argument("--gpus-per-node", type=int, default=8)
     up.add_argument("--no-crds", action="store_true", help="skip installing CRDs")
+    up.add_argument("--no-serving", action="store_true",
+                    help="leave out KServe's controller, Prometheus, the pod runner and the "
+                         "local gateway")
     up.set_defaults(func=_cmd_dev_up)
     down = dev_sub.add_parser("down", help="stop the local cluster")
     down.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
     down.set_defaults(func=_cmd_dev_down)
+    load = dev_sub.add_parser("load", help="steady, bounded traffic to an InferenceService "
+                                           "through the local gateway")
+    load.add_argument("name", help="the InferenceService (= ModelDeployment) name")
+    load.add_argument("-n", "--namespace", default="default")
+    load.add_argument("--model", help="model name in the URL path (default: NAME)")
+    load.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    load.add_argument("--duration", type=float, default=30.0, help="seconds (bounded)")
+    load.add_argument("--protocol", choices=("v1", "v2"), default="v2")
+    load.add_argument("--features", type=int, default=4, help="features per input row")
+    load.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
+    load.set_defaults(func=_cmd_dev_load)
     demo = dev_sub.add_parser("demo", help="cluster + operator + samples, end to end")
     demo.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")

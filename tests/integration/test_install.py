@@ -19,7 +19,7 @@ CHART = ROOT / "charts" / "slipway"
 
 
 def helm(*args: str) -> str:
-    bin_dir, _ = ensure_binaries(extra=("helm",))
+    bin_dir = ensure_binaries(extra=("helm",), serving=False).bin
     return subprocess.run([str(bin_dir / "helm"), *args], check=True, capture_output=True,
                           text=True).stdout
 

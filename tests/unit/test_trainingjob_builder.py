@@ -12,6 +12,7 @@ from slipway.builders.trainingjob import (
     BuildError,
     build_job,
     build_service,
+    job_output,
     resolve_output,
     spec_hash,
 )
@@ -139,3 +140,30 @@ def test_output_resolution() -> None:
     s2 = spec(output={"uri": "pvc://m/{name}", "version": "2024-01"})
     assert resolve_output(s2, TJ) == {"uri": "pvc://m/bert", "version": "2024-01"}
     assert resolve_output(spec(), TJ) is None
+
+
+def test_output_is_given_to_the_trainer_and_recorded_on_the_job() -> None:
+    s = spec(output={"uri": "s3://models/{name}/{version}", "format": "xgboost"})
+    job = build_job(s, TJ, suspend=False)
+    env = env_of(job)
+    assert (env["SLIPWAY_OUTPUT_URI"], env["SLIPWAY_OUTPUT_VERSION"],
+            env["SLIPWAY_OUTPUT_FORMAT"]) == ("s3://models/bert/v3", "v3", "xgboost")
+    assert job_output(job) == {"uri": "s3://models/bert/v3", "version": "v3",
+                               "format": "xgboost"}
+    # A later generation (say, suspend then resume) keeps the same Job, so the version the
+    # trainer was told stays the one recorded, even though a new Job would get v5.
+    later = {**TJ, "metadata": {**TJ["metadata"], "generation": 5}}
+    assert build_job(s, later, suspend=False)["metadata"]["name"] == job["metadata"]["name"]
+    assert resolve_output(s, later) == {"uri": "s3://models/bert/v5", "version": "v5",
+                                        "format": "xgboost"}
+    assert job_output(job) != resolve_output(s, later)
+
+
+def test_user_env_wins_over_output_env() -> None:
+    s = spec(output={"uri": "s3://m/{name}"}, env=[{"name": "SLIPWAY_OUTPUT_URI",
+                                                    "value": "file:///tmp/x"}])
+    env = env_of(build_job(s, TJ, suspend=False))
+    assert env["SLIPWAY_OUTPUT_URI"] == "file:///tmp/x"
+    assert env["SLIPWAY_OUTPUT_VERSION"] == "v3"
+    assert job_output({"metadata": {}}) is None
+    assert job_output({"metadata": {"annotations": {"slipway.dev/output": "not json"}}}) is None

@@ -67,7 +67,8 @@ class Output(ApiModel):
         pattern=r"^(s3|gs|pvc|https|file)://.+")
     version: str | None = Field(
         None, max_length=63,
-        description="Model version. Defaults to v<metadata.generation>.")
+        description="Model version. Defaults to v<metadata.generation> at the time the "
+                    "attempt's Job is created; the trainer gets it as SLIPWAY_OUTPUT_VERSION.")
     format: str | None = Field(None, description="Model format, e.g. sklearn or xgboost.")
 
 

@@ -15,6 +15,10 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 SPEC_HASH_ANNOTATION = "slipway.dev/spec-hash"
+# The model output this attempt was told to write (JSON of uri, version, format).
+OUTPUT_ANNOTATION = "slipway.dev/output"
+OUTPUT_ENV = {"uri": "SLIPWAY_OUTPUT_URI", "version": "SLIPWAY_OUTPUT_VERSION",
+              "format": "SLIPWAY_OUTPUT_FORMAT"}
 
 
 class BuildError(ValueError):
@@ -143,13 +147,27 @@ def build_job(spec: TrainingJobSpec, tj: dict[str, Any], *, suspend: bool) -> di
     digest = spec_hash(spec, tj)
     name = job_name(tj["metadata"]["name"], digest)
     policy = spec.policy
+    template = pod_template(spec, tj, name)
+    annotations = {SPEC_HASH_ANNOTATION: digest}
+    # The output is resolved once, here, and handed to the trainer: the version it writes is
+    # the version status reports, whatever later edits do to metadata.generation. It stays out
+    # of the hash, so a generation bump alone (suspend, resume) never replaces the Job.
+    output = resolve_output(spec, tj)
+    if output:
+        annotations[OUTPUT_ANNOTATION] = json.dumps(output, sort_keys=True)
+        for container in template["spec"]["containers"]:
+            if container.get("name") == CONTAINER:
+                given = {e.get("name") for e in container.get("env") or []}
+                container["env"] = [*(container.get("env") or []), *(
+                    {"name": var, "value": output[key]} for key, var in OUTPUT_ENV.items()
+                    if key in output and var not in given)]
     labels = {QUEUE_LABEL: spec.queue} if spec.queue else {}
     job_spec: dict[str, Any] = {
         "backoffLimit": policy.backoff_limit,
         "completions": spec.workers,
         "parallelism": spec.workers,
         "suspend": suspend,
-        "template": pod_template(spec, tj, name),
+        "template": template,
     }
     if spec.distributed:
         job_spec["completionMode"] = "Indexed"
@@ -163,7 +181,7 @@ def build_job(spec: TrainingJobSpec, tj: dict[str, Any], *, suspend: bool) -> di
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": child_metadata(tj, name, extra_labels=labels,
-                                   annotations={SPEC_HASH_ANNOTATION: digest}),
+                                   annotations=annotations),
         "spec": job_spec,
     }
 
@@ -187,8 +205,20 @@ def build_service(spec: TrainingJobSpec, tj: dict[str, Any]) -> dict[str, Any] |
     }
 
 
+def job_output(job: dict[str, Any] | None) -> dict[str, str] | None:
+    """The output an attempt's Job was created with (None for Jobs made before we recorded it)."""
+    raw = ((job or {}).get("metadata") or {}).get("annotations", {}).get(OUTPUT_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        out = json.loads(raw)
+    except ValueError:
+        return None
+    return {k: str(v) for k, v in out.items()} if isinstance(out, dict) else None
+
+
 def resolve_output(spec: TrainingJobSpec, tj: dict[str, Any]) -> dict[str, str] | None:
-    """status.output of a succeeded job: the URI template filled in."""
+    """The output for a new attempt: the URI template filled in."""
     if not spec.output:
         return None
     meta = tj["metadata"]

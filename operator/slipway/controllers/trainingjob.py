@@ -22,6 +22,7 @@ from slipway.builders.trainingjob import (
     BuildError,
     build_job,
     build_service,
+    job_output,
     resolve_output,
 )
 from slipway.controllers import resync
@@ -126,7 +127,8 @@ async def _reconcile(tj: dict[str, Any]) -> None:
     elif note is None:
         current = await _converge(spec, desired, current)
 
-    await _write(tj, observe(spec, tj, current, resolve_output(spec, tj), now, note))
+    output = job_output(current) or resolve_output(spec, tj)
+    await _write(tj, observe(spec, tj, current, output, now, note))
 
 
 def _finished(job: dict[str, Any]) -> bool:

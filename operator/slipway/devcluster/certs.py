@@ -123,3 +123,18 @@ def write_pki(directory: Path, service_ip: str = "10.0.0.1") -> dict[str, Path]:
         path.chmod(0o600)
         paths[name] = path
     return paths
+
+
+def write_serving_cert(pki: Path, directory: Path, names: list[str]) -> Path:
+    """Issue a serving cert for *names* from the cluster CA in *pki*, written as
+    tls.crt/tls.key (controller-runtime's file names) into *directory*; returns the CA file."""
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    cert = _issue(_name(names[0]), key, ca_cert.subject, ca_key, server_names=names)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(_pem_key(key))
+    (directory / "tls.key").chmod(0o600)
+    return pki / "ca.crt"

@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
-from slipway.devcluster.binaries import ensure_binaries, repo_root
+from slipway.devcluster.binaries import Built, ensure_binaries, repo_root
 from slipway.devcluster.certs import write_pki
 from slipway.devcluster.nodes import fake_nodes
+from slipway.devcluster.podrunner import IMAGE_PATTERN
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
@@ -61,6 +62,9 @@ class ClusterState:
     kubeconfig: str
     apiserver: str
     components: list[Component] = field(default_factory=list)
+    # name -> URL of what tests and the CLI talk to (prometheus, gateway) and loopback ports.
+    endpoints: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -84,13 +88,15 @@ class Cluster:
     """One local cluster in *directory*. Use `start()` / `stop()` or `with Cluster(...)`."""
 
     def __init__(self, directory: Path, gpu_nodes: int = 4, cpu_nodes: int = 2,
-                 gpus_per_node: int = 8, install_crds: bool = True,
+                 gpus_per_node: int = 8, install_crds: bool = True, serving: bool = True,
                  log: Callable[[str], None] | None = None) -> None:
         self.dir = directory.resolve()
         self.gpu_nodes = gpu_nodes
         self.cpu_nodes = cpu_nodes
         self.gpus_per_node = gpus_per_node
         self.install_crds = install_crds
+        # KServe's controller, Prometheus, the pod runner and the local gateway.
+        self.serving = serving and install_crds
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.state: ClusterState | None = None
         self.bin = Path()
@@ -110,19 +116,40 @@ class Cluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
-    def _spawn(self, name: str, args: list[str]) -> Component:
-        binary = str(self.bin / name.split(":")[0])
+    @property
+    def endpoints(self) -> dict[str, str]:
+        assert self.state is not None
+        return self.state.endpoints
+
+    def endpoint_port(self, name: str) -> int:
+        """A loopback port reserved for *name* for the life of this cluster."""
+        assert self.state is not None
+        if name not in self.state.ports:
+            self.state.ports[name] = free_port()
+        return self.state.ports[name]
+
+    def spawn(self, name: str, args: list[str], binary: str | None = None,
+              env: dict[str, str] | None = None) -> Component:
+        """Start a component in its own session, logging to logs/<name>.log."""
+        binary = binary or str(self.bin / name.split(":")[0])
         log_path = self.dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=dict(os.environ, **env) if env else None)
         comp = Component(name, proc.pid, str(log_path), [binary, *args])
         self._procs[name] = proc
         assert self.state is not None
         self.state.components.append(comp)
         self._save()
         return comp
+
+    def wait_healthy(self, name: str, probe: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Wait until *probe* passes for the component *name*; fail fast if it exits."""
+        assert self.state is not None
+        comp = next(c for c in self.state.components if c.name == name)
+        self._wait(comp, probe, timeout)
 
     def _wait(self, comp: Component, probe: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -152,7 +179,7 @@ class Cluster:
             return bool(resp.status == 200)
 
     @staticmethod
-    def _http_ok(url: str) -> bool:
+    def http_ok(url: str) -> bool:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
 
@@ -163,7 +190,8 @@ class Cluster:
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> Cluster:
         t0 = time.monotonic()
-        self.bin, kserve_crds = ensure_binaries()
+        built = ensure_binaries(serving=self.serving)
+        self.bin = built.bin
         self.timings["binaries"] = round(time.monotonic() - t0, 2)
         self.dir.mkdir(parents=True, exist_ok=True)
         if (self.dir / STATE_FILE).exists():
@@ -180,17 +208,29 @@ class Cluster:
             self._start_processes(pki, api_port)
             self._create_nodes()
             if self.install_crds:
-                self.apply_crds([*sorted((repo_root() / "crds").glob("*.yaml")),
-                                 *sorted(kserve_crds.glob("*.yaml"))])
+                self.apply_crds(self._crd_files(built))
+            if self.serving:
+                from slipway.devcluster.serving import ServingStack
+
+                ServingStack(self, built).start()
         except BaseException:
             self.stop()
             raise
         self.timings["total"] = round(time.monotonic() - t0, 2)
         return self
 
+    def _crd_files(self, built: Built) -> list[Path]:
+        files = [*sorted((repo_root() / "crds").glob("*.yaml")),
+                 *sorted(built.kserve_crds.glob("*.yaml"))]
+        if self.serving:
+            # Only the standard channel's kinds (Gateway, GatewayClass, HTTPRoute, GRPCRoute,
+            # ReferenceGrant): what KServe and the Canary router use.
+            files += sorted(built.gateway_crds.glob("*.yaml"))
+        return files
+
     def _start_processes(self, pki: dict[str, Path], api_port: int) -> None:
         etcd_port, etcd_peer = free_port(), free_port()
-        etcd = self._spawn("etcd", [
+        etcd = self.spawn("etcd", [
             "--name=default", f"--data-dir={self.dir / 'etcd'}",
             f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
             f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
@@ -199,9 +239,9 @@ class Cluster:
             f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296",
         ])
-        self._wait(etcd, lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"))
+        self._wait(etcd, lambda: self.http_ok(f"http://127.0.0.1:{etcd_port}/health"))
 
-        apiserver = self._spawn("kube-apiserver", [
+        apiserver = self.spawn("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={api_port}", f"--cert-dir={self.dir / 'pki'}",
@@ -226,20 +266,24 @@ class Cluster:
                 f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false",
                 "--bind-address=127.0.0.1"]
         kcm_port, sched_port, kwok_port = free_port(), free_port(), free_port()
-        kcm = self._spawn("kube-controller-manager", [
+        kcm = self.spawn("kube-controller-manager", [
             *auth, f"--secure-port={kcm_port}", f"--cert-dir={self.dir / 'kcm'}",
             f"--service-account-private-key-file={pki['sa.key']}",
             f"--root-ca-file={pki['ca.crt']}", "--use-service-account-credentials=false",
             "--controllers=*", f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--concurrent-job-syncs=10", "--v=1",
         ])
-        sched = self._spawn("kube-scheduler", [
+        sched = self.spawn("kube-scheduler", [
             *auth, f"--secure-port={sched_port}", f"--cert-dir={self.dir / 'sched'}", "--v=1",
         ])
         stages = resources.files("slipway.devcluster").joinpath("stages.yaml").read_text()
+        # kwok leaves the pods of the project's own images to the pod runner; with no runner,
+        # a pattern that matches no image keeps kwok playing every pod.
+        pattern = IMAGE_PATTERN if self.serving else "^$no-image"
+        stages = stages.replace("__RUNNER_IMAGES__", pattern.replace("\\", "\\\\"))
         stage_file = self.dir / "kwok-stages.yaml"
         stage_file.write_text(stages)
-        kwok = self._spawn("kwok", [
+        kwok = self.spawn("kwok", [
             f"--kubeconfig={kubeconfig}", f"--config={stage_file}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
@@ -249,7 +293,7 @@ class Cluster:
         self._wait(kcm, lambda: self._https_ok(f"https://127.0.0.1:{kcm_port}/healthz", False))
         self._wait(sched,
                    lambda: self._https_ok(f"https://127.0.0.1:{sched_port}/healthz", False))
-        self._wait(kwok, lambda: self._http_ok(f"http://127.0.0.1:{kwok_port}/healthz"))
+        self._wait(kwok, lambda: self.http_ok(f"http://127.0.0.1:{kwok_port}/healthz"))
 
     def _write_kubeconfig(self, server: str) -> None:
         pki = self.dir / "pki"
@@ -320,6 +364,16 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def read_state(directory: Path) -> ClusterState:
+    """The state of the cluster running in *directory* (for CLI verbs that talk to it)."""
+    state_path = directory / STATE_FILE
+    if not state_path.exists():
+        raise ClusterError(f"no cluster is running in {directory} (no {STATE_FILE})")
+    raw = json.loads(state_path.read_text())
+    raw["components"] = [Component(**c) for c in raw.get("components", [])]
+    return ClusterState(**raw)
 
 
 def stop_from_state(directory: Path, timeout: float = 15.0) -> list[str]:

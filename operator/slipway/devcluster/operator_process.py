@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,10 +17,14 @@ class OperatorProcess:
     """Start, health-check and stop one operator process; restartable."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, liveness_port: int | None = None,
-                 resync_seconds: float = 3.0, extra_env: dict[str, str] | None = None) -> None:
+                 resync_seconds: float = 3.0, extra_env: dict[str, str] | None = None,
+                 prometheus_targets: Path | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.liveness_port = liveness_port or free_port()
+        self.metrics_port = free_port()
+        # The local Prometheus's file-SD folder: the operator is scraped while it runs.
+        self.prometheus_targets = prometheus_targets
         self.env = {"SLIPWAY_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -27,17 +32,27 @@ class OperatorProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), **self.env)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "slipway.cli", "run", "--metrics-port", "0",
+                [sys.executable, "-m", "slipway.cli", "run",
+                 "--metrics-port", str(self.metrics_port),
                  "--liveness-port", str(self.liveness_port)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.healthy():
+                self._register_target()
                 return self
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"operator not healthy after {timeout:.0f}s; log tail:\n"
                            f"{self.log_tail()}")
+
+    def _register_target(self) -> None:
+        if self.prometheus_targets is None:
+            return
+        self.prometheus_targets.mkdir(parents=True, exist_ok=True)
+        target = self.prometheus_targets / f"operator-{self.liveness_port}.json"
+        target.write_text(json.dumps([{"targets": [f"127.0.0.1:{self.metrics_port}"],
+                                       "labels": {"pod": f"slipway-operator-{self.pid}"}}]))
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
@@ -60,6 +75,9 @@ class OperatorProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
+        if self.prometheus_targets is not None:
+            (self.prometheus_targets / f"operator-{self.liveness_port}.json").unlink(
+                missing_ok=True)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
