@@ -80,9 +80,10 @@ def _cmd_dev_load(args: argparse.Namespace) -> int:
         print("error: the local cluster runs no gateway (started with --no-serving?)",
               file=sys.stderr)
         return 1
-    proc = subprocess.run(["kubectl", "--kubeconfig", state.kubeconfig, "get",
-                           "inferenceservice", args.name, "-n", args.namespace, "-o",
-                           "jsonpath={.status.url}"], capture_output=True, text=True, check=False)
+    kubectl = str(Path(state.bin) / "kubectl")
+    proc = subprocess.run([kubectl, "--kubeconfig", state.kubeconfig, "get", "inferenceservice",
+                           args.name, "-n", args.namespace, "-o", "jsonpath={.status.url}"],
+                          capture_output=True, text=True, check=False)
     host = urlsplit(proc.stdout.strip()).hostname if proc.returncode == 0 else None
     if not host:
         print(f"error: InferenceService {args.namespace}/{args.name} has no status.url yet "
@@ -92,8 +93,8 @@ def _cmd_dev_load(args: argparse.Namespace) -> int:
         state.endpoints["gateway"], host, args.model or args.name, rate=args.rate,
         duration=args.duration, protocol=args.protocol,
         payloads=make_payloads(n_features=args.features)))
-    print(report)
-    return 0
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 def _cmd_dev_demo(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ class ClusterState:
     # name -> URL of what tests and the CLI talk to (prometheus, gateway) and loopback ports.
     endpoints: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    bin: str = ""  # the directory of kubectl and the other tools
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -202,7 +203,7 @@ class Cluster:
         pki = write_pki(self.dir / "pki", SERVICE_IP)
         api_port = free_port()
         self.state = ClusterState(str(self.dir), str(self.kubeconfig),
-                                  f"https://127.0.0.1:{api_port}")
+                                  f"https://127.0.0.1:{api_port}", bin=str(self.bin))
         self._write_kubeconfig(self.state.apiserver)
         try:
             self._start_processes(pki, api_port)
