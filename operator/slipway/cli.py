@@ -49,7 +49,7 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
 
     cluster = Cluster(Path(args.dir), gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes,
                       gpus_per_node=args.gpus_per_node, install_crds=not args.no_crds,
-                      serving=not args.no_serving)
+                      serving=not args.no_serving, kserve_gateway_api=args.kserve_gateway_api)
     cluster.start()
     print(json.dumps({"timings_s": cluster.timings, "rss_mib": cluster.rss_mib(),
                       "endpoints": cluster.endpoints}), file=sys.stderr)
@@ -137,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--no-serving", action="store_true",
                     help="leave out KServe's controller, Prometheus, the pod runner and the "
                          "local gateway")
+    up.add_argument("--kserve-gateway-api", action="store_true",
+                    help="KServe routes through Gateway API HTTPRoutes instead of Ingresses")
     up.set_defaults(func=_cmd_dev_up)
     down = dev_sub.add_parser("down", help="stop the local cluster")
     down.add_argument("--dir", default=str(DEFAULT_DEV_DIR))

@@ -104,7 +104,8 @@ KSERVE_CM = {"apiVersion": "v1", "kind": "ConfigMap",
 def test_inferenceservice_config_is_standard_with_gateway_api(tmp_path: Path) -> None:
     src = tmp_path / "cm.yaml"
     src.write_text(yaml.safe_dump(KSERVE_CM))
-    cm = inferenceservice_config(src)
+    assert json.loads(inferenceservice_config(src)["data"]["ingress"])["enableGatewayApi"] is False
+    cm = inferenceservice_config(src, gateway_api=True)
     data = cm["data"]
     assert "_example" not in data and data["logger"] == '{"image": "kserve/agent"}'
     assert json.loads(data["deploy"])["defaultDeploymentMode"] == "Standard"

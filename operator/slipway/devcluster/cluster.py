@@ -90,6 +90,7 @@ class Cluster:
 
     def __init__(self, directory: Path, gpu_nodes: int = 4, cpu_nodes: int = 2,
                  gpus_per_node: int = 8, install_crds: bool = True, serving: bool = True,
+                 kserve_gateway_api: bool = False,
                  log: Callable[[str], None] | None = None) -> None:
         self.dir = directory.resolve()
         self.gpu_nodes = gpu_nodes
@@ -98,6 +99,8 @@ class Cluster:
         self.install_crds = install_crds
         # KServe's controller, Prometheus, the pod runner and the local gateway.
         self.serving = serving and install_crds
+        # KServe routes through HTTPRoutes instead of Ingresses (see serving.py for the catch).
+        self.kserve_gateway_api = kserve_gateway_api
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.state: ClusterState | None = None
         self.bin = Path()
@@ -213,7 +216,7 @@ class Cluster:
             if self.serving:
                 from slipway.devcluster.serving import ServingStack
 
-                ServingStack(self, built).start()
+                ServingStack(self, built, self.kserve_gateway_api).start()
         except BaseException:
             self.stop()
             raise

@@ -37,9 +37,15 @@ SCRAPE_INTERVAL = "2s"
 WEBHOOK_PREFIX = "slipway-dev-"
 
 
-def inferenceservice_config(module_configmap: Path) -> dict[str, Any]:
+def inferenceservice_config(module_configmap: Path, gateway_api: bool = False
+                            ) -> dict[str, Any]:
     """KServe's own `inferenceservice-config`, set up for this platform: Standard mode by
-    default, Gateway API routing through our GatewayClass, Prometheus scrape annotations."""
+    default, an Ingress (or, with *gateway_api*, HTTPRoutes) of our class per
+    InferenceService, and Prometheus scrape annotations.
+
+    Ingress is the default because KServe 0.16 with `enableGatewayApi` writes no status at all
+    until the predictor is Ready (its HTTPRoute step requeues before the status update), so a
+    model that fails to load would never show why."""
     cm: dict[str, Any] = yaml.safe_load(module_configmap.read_text())
     data = cm["data"]
     data.pop("_example", None)
@@ -47,7 +53,7 @@ def inferenceservice_config(module_configmap: Path) -> dict[str, Any]:
     deploy["defaultDeploymentMode"] = "Standard"
     ingress = json.loads(data["ingress"])
     ingress.update({
-        "enableGatewayApi": True,
+        "enableGatewayApi": gateway_api,
         "kserveIngressGateway": f"{KSERVE_NAMESPACE}/{GATEWAY_NAME}",
         "ingressClassName": GATEWAY_CLASS,
         "ingressDomain": INGRESS_DOMAIN,
@@ -62,8 +68,11 @@ def inferenceservice_config(module_configmap: Path) -> dict[str, Any]:
 
 
 def gateway_objects() -> list[dict[str, Any]]:
-    """The GatewayClass our local gateway owns and the Gateway KServe's routes attach to."""
+    """The IngressClass and GatewayClass our local gateway owns, and the Gateway that KServe's
+    (and the Canary's) HTTPRoutes attach to."""
     return [
+        {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+         "metadata": {"name": GATEWAY_CLASS}, "spec": {"controller": GATEWAY_CONTROLLER}},
         {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
          "metadata": {"name": GATEWAY_CLASS},
          "spec": {"controllerName": GATEWAY_CONTROLLER}},
@@ -125,8 +134,9 @@ class ServingStack:
     """Starts the serving components of one Cluster; the Cluster's state file records their
     pids, so `Cluster.stop()` and `slipway dev down` stop them with the rest."""
 
-    def __init__(self, cluster: Cluster, built: Built) -> None:
+    def __init__(self, cluster: Cluster, built: Built, gateway_api: bool = False) -> None:
         self.cluster = cluster
+        self.gateway_api = gateway_api
         self.built = built
         self.dir = cluster.dir
         self.targets = self.dir / "prometheus" / "targets"
@@ -136,7 +146,8 @@ class ServingStack:
         t0 = time.monotonic()
         c.kubectl("create", "namespace", KSERVE_NAMESPACE)
         c.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
-            [inferenceservice_config(self.built.kserve / "inferenceservice.yaml"),
+            [inferenceservice_config(self.built.kserve / "inferenceservice.yaml",
+                                     self.gateway_api),
              *gateway_objects()]))
         # The project's model-server runtimes, as a platform team installs them.
         c.kubectl("apply", "-f", str(repo_root() / "runtimes" / "servingruntimes"))
