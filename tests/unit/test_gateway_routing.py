@@ -1,4 +1,5 @@
-"""The local Gateway API stand-in: routing, weights, endpoints and status, without a cluster."""
+"""The local Gateway API and Ingress stand-in: routing, weights, endpoints and status,
+without a cluster."""
 
 from __future__ import annotations
 
@@ -94,10 +95,39 @@ def pod(name: str, loopback: dict[str, int] | None = None) -> Obj:
     return {"metadata": {"name": name, "namespace": NS, "annotations": annotations}}
 
 
+def ingress_class(name: str = "slipway-local", controller: str = g.CONTROLLER_NAME,
+                  default: bool = False) -> Obj:
+    annotations = {g.DEFAULT_CLASS_ANNOTATION: "true"} if default else {}
+    return {"metadata": {"name": name, "annotations": annotations},
+            "spec": {"controller": controller}}
+
+
+def ing_path(svc: str, path: str = "/", path_type: str = "Prefix",
+             port: int | str = 80) -> Obj:
+    number_or_name = {"name": port} if isinstance(port, str) else {"number": port}
+    return {"path": path, "pathType": path_type,
+            "backend": {"service": {"name": svc, "port": number_or_name}}}
+
+
+def ingress(name: str = "m", hosts: tuple[str, ...] = ("m-team.example.com",
+                                                       "m-predictor-team.example.com"),
+            paths: list[Obj] | None = None, cls: str | None = "slipway-local",
+            annotations: dict[str, str] | None = None) -> Obj:
+    """Shaped like KServe v0.16's Standard-mode Ingress: the top-level and predictor hosts,
+    each `/` Prefix to the predictor Service port 80."""
+    spec: Obj = {"rules": [{"host": h, "http": {"paths": paths or [ing_path("m-predictor")]}}
+                           for h in hosts]}
+    if cls is not None:
+        spec["ingressClassName"] = cls
+    return {"metadata": {"name": name, "namespace": NS, "annotations": annotations or {},
+                         "creationTimestamp": "2025-01-01T00:00:00Z"}, "spec": spec}
+
+
 def view(*objs: tuple[str, Obj]) -> g.View:
     v = g.View()
     v.gatewayclasses[("", "local")] = gateway_class()
     v.gateways[(GW_NS, "kserve-ingress-gateway")] = gateway()
+    v.ingressclasses[("", "slipway-local")] = ingress_class()
     for kind, obj in objs:
         v.kind(kind)[g.key_of(obj)] = obj
     return v
@@ -343,6 +373,136 @@ def test_parse_duration() -> None:
     assert g.parse_duration("0s") is None and g.parse_duration(None) is None
 
 
+# ------------------------------------------------------------------ Ingresses
+
+def backend_of(chosen: g.CompiledMatch | None) -> str | None:
+    return None if chosen is None else str(chosen.rule["backendRefs"][0]["name"])
+
+
+def test_ingress_ownership_by_class_annotation_and_default_class() -> None:
+    v = view(("ingressclasses", ingress_class("nginx", controller="k8s.io/ingress-nginx")))
+    legacy = {g.INGRESS_CLASS_ANNOTATION: "slipway-local"}
+    assert v.is_our_ingress(ingress())
+    assert not v.is_our_ingress(ingress(cls="nginx"))
+    assert not v.is_our_ingress(ingress(cls="missing"))
+    assert v.is_our_ingress(ingress(cls=None, annotations=legacy))
+    assert not v.is_our_ingress(ingress(cls=None, annotations={
+        g.INGRESS_CLASS_ANNOTATION: "nginx"}))
+    assert not v.is_our_ingress(ingress(cls="nginx", annotations=legacy))  # the field wins
+    assert not v.is_our_ingress(ingress(cls=None))  # no class, and ours is not the default
+    v.ingressclasses[("", "nginx")] = ingress_class(
+        "nginx", controller="k8s.io/ingress-nginx", default=True)
+    assert not v.is_our_ingress(ingress(cls=None))  # a default class, but not ours
+    v.ingressclasses[("", "slipway-local")] = ingress_class(default=True)
+    assert v.is_our_ingress(ingress(cls=None))
+    assert not v.is_our_ingress(ingress(cls="nginx"))
+
+    v.ingresses[(NS, "theirs")] = ingress("theirs", hosts=("t.example.com",), cls="nginx")
+    assert select(v, "t.example.com") is None  # not routed: another controller's
+
+
+def test_kserve_ingress_routes_both_hosts() -> None:
+    v = view(("ingresses", ingress()))
+    for host in ("m-team.example.com", "m-predictor-team.example.com"):
+        chosen = select(v, host, "/v1/models/m:predict")
+        assert isinstance(chosen, g.IngressMatch) and backend_of(chosen) == "m-predictor"
+        assert chosen.rule["backendRefs"][0] == {"group": "", "kind": "Service",
+                                                 "name": "m-predictor", "namespace": NS,
+                                                 "port": 80}
+    assert select(v, "other.example.com") is None
+    summary = g.RouteTable.build(v).summary()
+    assert "ingress team/m['m-team.example.com'] -> Prefix:/=[m-predictor:80*1]" in summary
+
+
+def test_ingress_wildcard_host_matches_one_label_only() -> None:
+    assert g.ingress_host_matches("*.example.com", "m-team.example.com")
+    assert not g.ingress_host_matches("*.example.com", "a.b.example.com")
+    assert not g.ingress_host_matches("*.example.com", "example.com")
+    assert not g.ingress_host_matches("*.example.com", ".example.com")
+    assert g.ingress_host_matches("M.Example.com", "m.example.com")
+    v = view(("ingresses", ingress("wild", hosts=("*.example.com",),
+                                   paths=[ing_path("wild-svc")])),
+             ("ingresses", ingress("exact", hosts=("m.example.com",),
+                                   paths=[ing_path("exact-svc")])),
+             ("ingresses", ingress("any", hosts=("",), paths=[ing_path("any-svc")])))
+    assert backend_of(select(v, "m.example.com")) == "exact-svc"
+    assert backend_of(select(v, "n.example.com")) == "wild-svc"
+    assert backend_of(select(v, "a.b.example.com")) == "any-svc"  # a rule without host
+
+
+def test_ingress_paths_exact_then_longest_prefix_element_wise() -> None:
+    v = view(("ingresses", ingress(hosts=("m.example.com",), paths=[
+        ing_path("root", "/"), ing_path("foo", "/foo"),
+        ing_path("foo-slash", "/foo/bar/", path_type="ImplementationSpecific"),
+        ing_path("exact", "/foo/bar", path_type="Exact")])))
+
+    def svc(path: str) -> str | None:
+        return backend_of(select(v, "m.example.com", path))
+
+    assert svc("/foo/bar") == "exact"  # Exact beats the equally long (or longer) Prefix
+    assert svc("/foo/bar/") == "foo-slash"  # Exact /foo/bar does not match /foo/bar/
+    assert svc("/foo/bar/baz") == "foo-slash"  # ImplementationSpecific matches as Prefix
+    assert svc("/foo/baz") == "foo"
+    assert svc("/foo") == "foo"
+    assert svc("/foobar") == "root"  # element-wise: /foo does not match /foobar
+    assert svc("/") == "root"
+    assert g.path_prefix_matches("/foo", "/foo/bar")
+    assert not g.path_prefix_matches("/foo", "/foobar")
+    assert g.path_prefix_matches("/foo/", "/foo")  # a trailing slash on the prefix is ignored
+
+
+def test_ingress_default_backend_catches_what_no_rule_matches() -> None:
+    ing = ingress(hosts=("m.example.com",), paths=[ing_path("m-predictor", "/v1")])
+    ing["spec"]["defaultBackend"] = {"service": {"name": "fallback", "port": {"number": 80}}}
+    v = view(("ingresses", ing))
+    assert backend_of(select(v, "m.example.com", "/v1/models")) == "m-predictor"
+    assert backend_of(select(v, "m.example.com", "/v2")) == "fallback"
+    assert backend_of(select(v, "other.example.org", "/v1")) == "fallback"
+
+
+def test_httproute_wins_over_ingress_for_the_same_host() -> None:
+    # A canary's HTTPRoute for a model's host takes over from KServe's Ingress for it.
+    canary = route("m-canary", ["m-team.example.com"],
+                   rule(backend("m-predictor", 90), backend("m-canary-predictor", 10),
+                        path=("PathPrefix", "/v1")))
+    v = view(("ingresses", ingress()), ("httproutes", canary))
+    chosen = select(v, "m-team.example.com", "/v1/models/m:predict")
+    assert chosen is not None and chosen.route["metadata"]["name"] == "m-canary"
+    assert not isinstance(chosen, g.IngressMatch)
+    # What the HTTPRoute does not match still reaches the Ingress, as do its other hosts.
+    assert isinstance(select(v, "m-team.example.com", "/v2/models"), g.IngressMatch)
+    assert isinstance(select(v, "m-predictor-team.example.com", "/v1"), g.IngressMatch)
+    # An exact Ingress host is more specific than a wildcard or host-less HTTPRoute.
+    v.httproutes[(NS, "m-canary")] = route("m-canary", ["*.example.com"])
+    assert isinstance(select(v, "m-team.example.com", "/v1"), g.IngressMatch)
+    assert select(v, "x.example.com", "/v1") is not None  # only the HTTPRoute matches
+
+
+def test_named_service_port() -> None:
+    svc = {"metadata": {"name": "m-predictor", "namespace": NS},
+           "spec": {"ports": [{"name": "http", "port": 80}, {"name": "grpc", "port": 81}]}}
+    assert g.service_port(svc, 81) == 81
+    assert g.service_port(svc, "grpc") == 81
+    assert g.service_port(svc, "http") == 80
+    assert g.service_port(svc, "metrics") is None and g.service_port(svc, 82) is None
+    v = view(("services", svc), ("ingresses", ingress(
+        hosts=("m.example.com",), paths=[ing_path("m-predictor", port="grpc")])))
+    chosen = select(v, "m.example.com")
+    assert chosen is not None
+    ref = chosen.rule["backendRefs"][0]
+    assert ref["port"] == "grpc" and g.check_backend(ref, NS, v) is None
+    assert g.check_backend({**ref, "port": "metrics"}, NS, v) == (
+        "BackendNotFound", "Service team/m-predictor has no port metrics")
+
+
+def test_ingress_status_body() -> None:
+    ing = ingress()
+    status = g.ingress_status(ing, "127.0.0.1")
+    assert status == {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}
+    ing["status"] = status
+    assert g.ingress_status(ing, "127.0.0.1") == ing["status"]  # unchanged: nothing to write
+
+
 # ------------------------------------------------- the proxy, against a real upstream
 
 async def echo(request: web.BaseRequest) -> web.StreamResponse:
@@ -415,6 +575,19 @@ async def test_proxy_errors(proxy: tuple[g.LocalGateway, str, int]) -> None:
         gw.changed("services")
         async with s.get(url, headers={"Host": "m-team.example.com"}) as resp:
             assert resp.status == 500
+
+
+async def test_proxy_forwards_by_ingress_with_named_port(
+        proxy: tuple[g.LocalGateway, str, int]) -> None:
+    gw, url, _ = proxy
+    gw.view.ingresses[(NS, "n")] = ingress("n", hosts=("n-team.example.com",),
+                                           paths=[ing_path("m-predictor", port="http")])
+    gw.changed("ingresses")
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{url}/v1/models/n", headers={"Host": "n-team.example.com"}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers[g.BACKEND_HEADER] == "team/m-predictor"
+        assert (await resp.json())["path"] == "/v1/models/n"
 
 
 async def test_proxy_head(proxy: tuple[g.LocalGateway, str, int]) -> None:
@@ -498,6 +671,9 @@ async def test_watches_drive_status_without_write_loops(tmp_path: Path) -> None:
     fake.upsert("gatewayclasses", gateway_class(controller="example.com/other", name="theirs"))
     fake.upsert("gateways", gateway())
     fake.upsert("httproutes", route("m", ["m.example.com"], status={"parents": [foreign]}))
+    fake.upsert("ingressclasses", ingress_class())
+    fake.upsert("ingresses", ingress())
+    fake.upsert("ingresses", ingress("theirs", cls="nginx"))
     server = RawTestServer(fake.handle, host="127.0.0.1")
     await server.start_server()
     kubeconfig = tmp_path / "kubeconfig"
@@ -530,6 +706,12 @@ async def test_watches_drive_status_without_write_loops(tmp_path: Path) -> None:
             gw_status = fake.objects["gateways"][(GW_NS, "kserve-ingress-gateway")]["status"]
             await eventually(lambda: gw_status["listeners"][0]["attachedRoutes"] == 1)
             assert gw.table().select("m.example.com", "GET", "/", CIMultiDict(), {}) is not None
+            ings = fake.objects["ingresses"]
+            await eventually(lambda: "status" in ings[(NS, "m")])
+            assert ings[(NS, "m")]["status"] == {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}
+            assert "status" not in ings[(NS, "theirs")]
+            assert isinstance(gw.table().select("m-team.example.com", "GET", "/", CIMultiDict(),
+                                                {}), g.IngressMatch)
 
             writes = len(fake.puts)
             await asyncio.sleep(0.5)

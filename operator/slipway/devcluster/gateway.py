@@ -1,11 +1,22 @@
-"""A STAND-IN for a Gateway API implementation (Envoy Gateway, Istio, ...) on the dev cluster.
+"""A STAND-IN for a Gateway API implementation (Envoy Gateway, Istio, ...) AND for an
+ingress controller (ingress-nginx, ...) on the dev cluster.
 
-This machine has no gateway data plane (no pod network, no Envoy), yet KServe (with
-`enableGatewayApi: true`) only reports an InferenceService Ready once its HTTPRoutes are
-Accepted and ResolvedRefs, and Slipway's canaries need a proxy that honours HTTPRoute
-weights. This process is that proxy: it watches GatewayClasses, Gateways, HTTPRoutes,
-Services, EndpointSlices and Pods, writes the status a real implementation would, and
-forwards HTTP/1.1 requests arriving on one loopback port by the Gateway API rules.
+It exists because this machine has no gateway data plane (no pod network, no Envoy, no
+nginx), yet requests must reach model servers by the cluster's routing objects: KServe in
+Standard mode with `enableGatewayApi: false` creates one networking.k8s.io/v1 Ingress per
+InferenceService (class `slipway-local`), and Slipway's canaries need a proxy that honours
+HTTPRoute weights. This process is that proxy: it watches GatewayClasses, Gateways,
+HTTPRoutes, IngressClasses, Ingresses, Services, EndpointSlices and Pods, writes the status
+a real implementation would (HTTPRoute/Gateway/GatewayClass conditions, Ingress
+status.loadBalancer), and forwards HTTP/1.1 requests arriving on one loopback port by the
+Gateway API and Ingress rules.
+
+Ingresses are ours when their IngressClass (spec.ingressClassName, else the legacy
+`kubernetes.io/ingress.class` annotation, else our default IngressClass) has
+`spec.controller: slipway.dev/local-gateway`. Both kinds share one route table, and
+HTTPRoutes win over Ingresses for an equally specific hostname: a canary's HTTPRoute for a
+model's host thereby takes over from the Ingress KServe made for that host (requests the
+HTTPRoute does not match still fall through to the Ingress).
 
     python -m slipway.devcluster.gateway --kubeconfig PATH --port PORT \
         [--host 127.0.0.1] [--health-port PORT]
@@ -14,7 +25,8 @@ Deliberately small, so not covered: TLS (HTTPS listeners are not Accepted), list
 ports (one port serves every listener), RequestRedirect/RequestMirror/ExtensionRef filters
 (routes using them are not Accepted), ReferenceGrants (cross-namespace backendRefs are
 allowed), namespace selectors on listeners (treated as "All"), retries beyond one retry
-on a failed connection, WebSocket upgrades.
+on a failed connection, WebSocket upgrades; for Ingresses: TLS, `resource` backends and
+controller-specific annotations (ImplementationSpecific paths are treated as Prefix).
 Pods run as local processes by the pod runner carry LOOPBACK_PORTS_ANNOTATION; their fake
 pod IPs are never contacted.
 """
@@ -47,6 +59,8 @@ CONTROLLER_NAME = "slipway.dev/local-gateway"
 LOOPBACK_PORTS_ANNOTATION = "slipway.dev/loopback-ports"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"  # legacy, before ingressClassName
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 BACKEND_HEADER = "x-slipway-backend"  # response header naming the Service that answered
 
 log = logging.getLogger("slipway.gateway")
@@ -59,12 +73,14 @@ RESOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
     "gatewayclasses": (f"{GATEWAY_GROUP}/v1", "GatewayClass", {}),
     "gateways": (f"{GATEWAY_GROUP}/v1", "Gateway", {}),
     "httproutes": (f"{GATEWAY_GROUP}/v1", "HTTPRoute", {}),
+    "ingressclasses": ("networking.k8s.io/v1", "IngressClass", {}),
+    "ingresses": ("networking.k8s.io/v1", "Ingress", {}),
     "services": ("v1", "Service", {}),
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice",
                        {"labelSelector": SERVICE_NAME_LABEL}),
     "pods": ("v1", "Pod", {}),
 }
-ROUTING_KINDS = {"gatewayclasses", "gateways", "httproutes"}
+ROUTING_KINDS = {"gatewayclasses", "gateways", "httproutes", "ingressclasses", "ingresses"}
 BACKEND_KINDS = {"services", "endpointslices", "pods"}
 STATUS_KINDS = ROUTING_KINDS | {"services"}
 
@@ -105,6 +121,16 @@ def hostname_matches(pattern: str, host: str) -> bool:
     pattern, host = pattern.lower(), host.lower()
     if pattern.startswith("*."):
         return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return pattern == host
+
+
+def ingress_host_matches(pattern: str, host: str) -> bool:
+    """Ingress host match: `*.example.com` matches exactly one more label (a.example.com),
+    neither example.com nor a.b.example.com."""
+    pattern, host = pattern.lower(), host.lower()
+    if pattern.startswith("*."):
+        label, _, rest = host.partition(".")
+        return bool(label) and rest == pattern[2:]
     return pattern == host
 
 
@@ -152,7 +178,8 @@ def weighted_choice(weights: Sequence[int], rng: random.Random) -> int | None:
 
 
 def path_prefix_matches(prefix: str, path: str) -> bool:
-    """PathPrefix matches whole segments: /foo matches /foo and /foo/bar, not /foobar."""
+    """PathPrefix (and Ingress Prefix) matches whole segments: /foo matches /foo and
+    /foo/bar, not /foobar; a trailing slash on the prefix is ignored."""
     prefix = prefix.rstrip("/")
     return not prefix or path == prefix or path.startswith(prefix + "/")
 
@@ -172,10 +199,13 @@ class CompiledMatch:
     queries: list[tuple[str, str, re.Pattern[str] | None]]
     rank: tuple[Any, ...]
 
-    def host_spec(self, host: str) -> tuple[int, int] | None:
+    def host_spec(self, host: str) -> tuple[int, int, int] | None:
+        """(exact, length, tier): the last element makes an HTTPRoute (1) outrank an
+        Ingress (0) whose hostname matches as specifically."""
         if not any(h is None or hostname_matches(h, host) for h in self.listener_hosts):
             return None
-        return host_specificity(self.hostnames, host)
+        spec = host_specificity(self.hostnames, host)
+        return None if spec is None else (*spec, 1)
 
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
@@ -239,6 +269,53 @@ def compile_matches(route: Obj, listener_hosts: list[str | None]) -> list[Compil
 
 
 @dataclass
+class IngressMatch(CompiledMatch):
+    """One path of one Ingress rule (or its defaultBackend), as a single-backend match.
+
+    `path_type` keeps the Ingress's own name (Exact, Prefix, ImplementationSpecific,
+    defaultBackend); all but Exact match as a prefix.
+    """
+
+    def host_spec(self, host: str) -> tuple[int, int, int] | None:
+        if not self.hostnames:
+            return (-1, 0, 0)
+        name = self.hostnames[0]
+        if not ingress_host_matches(name, host):
+            return None
+        return (0 if name.startswith("*.") else 1, len(name), 0)
+
+
+def compile_ingress(ing: Obj) -> list[IngressMatch]:
+    """Every path of every rule of an Ingress, then its defaultBackend (matching any host
+    and path, ranked last); Exact before longer Prefix before shorter Prefix."""
+    meta, spec = ing["metadata"], ing.get("spec") or {}
+    ns = meta.get("namespace", "")
+    out: list[IngressMatch] = []
+
+    def add(host: str, path_type: str, path: str, backend: Obj | None, *order: int) -> None:
+        svc = (backend or {}).get("service")
+        if not svc or not svc.get("name"):
+            return  # `resource` backends are not supported
+        port = svc.get("port") or {}
+        ref = {"group": "", "kind": "Service", "name": svc["name"], "namespace": ns,
+               "port": port.get("number") or port.get("name")}
+        rank = (path_type == "defaultBackend", path_type != "Exact", -len(path),
+                meta.get("creationTimestamp", ""), f"{ns}/{meta['name']}", *order)
+        out.append(IngressMatch(
+            route=ing, rule={"backendRefs": [ref]}, hostnames=[host] if host else [],
+            listener_hosts=[None], path_type=path_type, path_value=path, regex=None,
+            method=None, headers=[], queries=[], rank=rank))
+
+    for rule_index, rule in enumerate(spec.get("rules") or []):
+        for path_index, item in enumerate((rule.get("http") or {}).get("paths") or []):
+            add(rule.get("host") or "", item.get("pathType") or "ImplementationSpecific",
+                item.get("path") or "/", item.get("backend"), rule_index, path_index)
+    if spec.get("defaultBackend"):
+        add("", "defaultBackend", "/", spec["defaultBackend"], 0, 0)
+    return out
+
+
+@dataclass
 class RouteTable:
     entries: list[CompiledMatch] = field(default_factory=list)
 
@@ -253,13 +330,17 @@ class RouteTable:
             if hosts:
                 entries.extend(compile_matches(route, hosts))
         entries.sort(key=lambda e: e.rank)
-        return cls(entries)
+        ingress_entries = [m for ing in view.ingresses.values() if view.is_our_ingress(ing)
+                           for m in compile_ingress(ing)]
+        ingress_entries.sort(key=lambda e: e.rank)
+        return cls([*entries, *ingress_entries])
 
     def select(self, host: str, method: str, path: str, headers: Mapping[str, str],
                query: Mapping[str, str]) -> CompiledMatch | None:
-        """Most specific hostname first; among equals, the first match in precedence order."""
+        """Most specific hostname first (an HTTPRoute before an Ingress on a tie); among
+        equals, the first match in precedence order."""
         best: CompiledMatch | None = None
-        best_spec: tuple[int, int] | None = None
+        best_spec: tuple[int, int, int] | None = None
         for entry in self.entries:
             spec = entry.host_spec(host)
             if spec is None or (best_spec is not None and spec <= best_spec):
@@ -273,9 +354,12 @@ class RouteTable:
         for e in self.entries:
             meta = e.route["metadata"]
             name = f"{meta['namespace']}/{meta['name']}"
+            if isinstance(e, IngressMatch):  # one group per rule host
+                name = f"ingress {name}{e.hostnames}"
             backends = ",".join(f"{b.get('name')}:{b.get('port')}*{b.get('weight', 1)}"
                                 for b in e.rule.get("backendRefs") or [])
-            routes.setdefault(name, f"{name}{e.hostnames} ->")
+            routes.setdefault(name, f"{name} ->" if isinstance(e, IngressMatch)
+                              else f"{name}{e.hostnames} ->")
             routes[name] += f" {e.path_type}:{e.path_value}=[{backends}]"
         return "; ".join(routes[k] for k in sorted(routes)) or "(empty)"
 
@@ -288,6 +372,8 @@ class View:
     gatewayclasses: dict[Key, Obj] = field(default_factory=dict)
     gateways: dict[Key, Obj] = field(default_factory=dict)
     httproutes: dict[Key, Obj] = field(default_factory=dict)
+    ingressclasses: dict[Key, Obj] = field(default_factory=dict)
+    ingresses: dict[Key, Obj] = field(default_factory=dict)
     services: dict[Key, Obj] = field(default_factory=dict)
     endpointslices: dict[Key, Obj] = field(default_factory=dict)
     pods: dict[Key, Obj] = field(default_factory=dict)
@@ -302,6 +388,21 @@ class View:
 
     def is_our_gateway(self, gw: Obj | None) -> bool:
         return gw is not None and self.is_our_class(gw.get("spec", {}).get("gatewayClassName", ""))
+
+    def is_our_ingress_class(self, ic: Obj | None) -> bool:
+        return ic is not None and (ic.get("spec") or {}).get("controller") == CONTROLLER_NAME
+
+    def is_our_ingress(self, ing: Obj) -> bool:
+        """By spec.ingressClassName, else the legacy annotation, else (no class at all)
+        when one of our IngressClasses is the cluster default."""
+        annotations = ing.get("metadata", {}).get("annotations") or {}
+        name = (ing.get("spec") or {}).get("ingressClassName") \
+            or annotations.get(INGRESS_CLASS_ANNOTATION)
+        if name:
+            return self.is_our_ingress_class(self.ingressclasses.get(("", name)))
+        return any(self.is_our_ingress_class(ic) and (ic["metadata"].get("annotations") or {})
+                   .get(DEFAULT_CLASS_ANNOTATION) == "true"
+                   for ic in self.ingressclasses.values())
 
 
 @dataclass
@@ -394,6 +495,13 @@ def attach_route(route: Obj, view: View) -> list[ParentResult]:
     return results
 
 
+def service_port(svc: Obj, port: int | str | None) -> int | None:
+    """The Service port numbered `port`, or named `port` (an Ingress's service.port.name)."""
+    field_name = "name" if isinstance(port, str) else "port"
+    return next((p.get("port") for p in svc.get("spec", {}).get("ports") or []
+                 if p.get(field_name) == port), None)
+
+
 def check_backend(ref: Obj, route_ns: str, view: View) -> tuple[str, str] | None:
     """(reason, message) when a backendRef cannot be resolved; None when it can."""
     if ref.get("group", "") not in ("", "core") or ref.get("kind", "Service") != "Service":
@@ -402,7 +510,7 @@ def check_backend(ref: Obj, route_ns: str, view: View) -> tuple[str, str] | None
     svc = view.services.get((ns, ref["name"]))
     if svc is None:
         return "BackendNotFound", f"Service {ns}/{ref['name']} not found"
-    if not any(p.get("port") == ref.get("port") for p in svc.get("spec", {}).get("ports") or []):
+    if service_port(svc, ref.get("port")) is None:
         return "BackendNotFound", f"Service {ns}/{ref['name']} has no port {ref.get('port')}"
     return None
 
@@ -486,6 +594,11 @@ def gateway_status(gw: Obj, view: View, address: str, now: str = "") -> Obj:
     if listeners:
         status["listeners"] = listeners
     return status
+
+
+def ingress_status(ing: Obj, address: str) -> Obj:
+    """What an ingress controller reports: the address it serves the Ingress on."""
+    return {**(ing.get("status") or {}), "loadBalancer": {"ingress": [{"ip": address}]}}
 
 
 # ------------------------------------------------------------- backends
@@ -781,6 +894,10 @@ class LocalGateway:
                                        lambda o: gateway_status(o, self.view, self.address))
         for route in list(self.view.httproutes.values()):
             await self._put_status("httproutes", route, lambda o: route_status(o, self.view))
+        for ing in list(self.view.ingresses.values()):
+            if self.view.is_our_ingress(ing):
+                await self._put_status("ingresses", ing,
+                                       lambda o: ingress_status(o, self.address))
 
     async def _put_status(self, kind: str, obj: Obj, compute: Callable[[Obj], Obj]) -> None:
         """Read-modify-write of the status subresource, retried on conflict."""
@@ -805,20 +922,25 @@ class LocalGateway:
 
     # -- proxy
 
-    def resolve(self, ref: Obj, route_ns: str) -> list[Endpoint] | None:
-        """Endpoints for a backendRef (cached until backends change); None if invalid."""
+    def resolve(self, ref: Obj, route_ns: str
+                ) -> tuple[tuple[str, str, int], list[Endpoint]] | None:
+        """(namespace, Service, port number) and the endpoints of a backendRef (cached until
+        backends change); None if invalid."""
         if check_backend(ref, route_ns, self.view) is not None:
             return None
-        cache_key = (ref.get("namespace") or route_ns, ref["name"], int(ref["port"]))
+        ns, name = ref.get("namespace") or route_ns, ref["name"]
+        port = service_port(self.view.services[(ns, name)], ref["port"])
+        if port is None:
+            return None
+        cache_key = (ns, name, port)
         cached = self._endpoints.get(cache_key)
         if cached is None:
-            ns, name, port = cache_key
             slices = [s for s in self.view.endpointslices.values()
                       if s["metadata"].get("namespace") == ns
                       and (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == name]
             cached = endpoints_for(self.view.services[(ns, name)], port, slices, self.view.pods)
             self._endpoints[cache_key] = cached
-        return cached
+        return cache_key, cached
 
     def next_endpoint(self, cache_key: tuple[str, str, int],
                       endpoints: list[Endpoint]) -> Endpoint:
@@ -832,16 +954,18 @@ class LocalGateway:
         match = self.table().select(host, request.method, raw_path, request.headers,
                                     request.rel_url.query)
         if match is None:
-            return text(404, f"no HTTPRoute matches host {host!r} path {raw_path!r}\n")
+            return text(404, f"no HTTPRoute or Ingress matches host {host!r} "
+                             f"path {raw_path!r}\n")
         refs = match.rule.get("backendRefs") or []
         index = weighted_choice([int(r.get("weight", 1)) for r in refs], self.rng)
         if index is None:
             return text(500, "route rule has no backend with a non-zero weight\n")
         ref, route_ns = refs[index], match.route["metadata"]["namespace"]
-        endpoints = self.resolve(ref, route_ns)
+        resolved = self.resolve(ref, route_ns)
         svc = f"{ref.get('namespace') or route_ns}/{ref['name']}"
-        if endpoints is None:
+        if resolved is None:
             return text(500, f"backend {svc}:{ref.get('port')} cannot be resolved\n")
+        cache_key, endpoints = resolved
         if not endpoints:
             return text(503, f"no ready endpoints for Service {svc} port {ref['port']}\n")
 
@@ -869,7 +993,6 @@ class LocalGateway:
             length = request.content_length
             small = length is not None and length <= BUFFER_LIMIT
             body = await request.read() if small else request.content.iter_chunked(1 << 16)
-        cache_key = (ref.get("namespace") or route_ns, ref["name"], int(ref["port"]))
         attempts = 2 if body is None or isinstance(body, bytes) else 1
         assert self.http is not None
         for attempt in range(attempts):
@@ -970,7 +1093,8 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m slipway.devcluster.gateway",
-        description="Local stand-in for a Gateway API implementation (dev cluster only).")
+        description="Local stand-in for a Gateway API implementation and an ingress "
+                    "controller (dev cluster only).")
     parser.add_argument("--kubeconfig", default=None, help="defaults to $KUBECONFIG")
     parser.add_argument("--port", type=int, required=True, help="port requests arrive on")
     parser.add_argument("--host", default="127.0.0.1")
