@@ -145,8 +145,16 @@ def test_unschedulable_predictor_is_not_ready(kubectl: Kubectl, namespace: str,
         return cond
 
     wait_for(not_ready, TIMEOUT, what="PredictorReady=False")
-    st = status(kubectl, "modeldeployment", namespace, "big")
-    assert st["phase"] == "Pending" and condition(st, "Ready")["status"] == "False", st
+
+    def says_why() -> dict[str, Any]:
+        st = status(kubectl, "modeldeployment", namespace, "big")
+        assert st["phase"] == "Pending", st
+        assert condition(st, "Ready")["reason"] == "Unschedulable", st
+        return st
+
+    # The scheduler's own words, read from the predictor pod (KServe's status has none).
+    st = wait_for(says_why, TIMEOUT, what="Ready=False reason Unschedulable")
+    assert "nvidia.com/gpu" in st["message"], st
 
 
 def test_model_load_failure_then_fix(kubectl: Kubectl, namespace: str,

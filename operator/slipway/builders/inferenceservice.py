@@ -24,6 +24,7 @@ from slipway.api.modeldeployment import (
     ResolvedModel,
 )
 from slipway.builders.meta import child_metadata
+from slipway.status.predictor import MODEL_LOAD_FAILED, PodProblem
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -180,19 +181,29 @@ def _isvc_ready(isvc_status: dict[str, Any]) -> dict[str, Any] | None:
 
 def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
                   stopped: bool, generation: int | None = None,
-                  apply_error: str | None = None, now: str | None = None) -> Observed:
+                  apply_error: str | None = None, now: str | None = None,
+                  pod_problem: PodProblem | None = None) -> Observed:
     """Fold the InferenceService's status into the ModelDeployment's conditions and phase.
 
     *conditions* are the ModelDeployment's current conditions (so transition times hold);
-    *apply_error* is set when the apiserver rejected the InferenceService we built.
+    *apply_error* is set when the apiserver rejected the InferenceService we built;
+    *pod_problem* is what the predictor pods say when none serves (KServe does not watch
+    pods, so its own status can lag or stay silent).
     """
     status = (isvc or {}).get("status") or {}
     annotations = ((isvc or {}).get("metadata") or {}).get("annotations") or {}
     version = annotations.get(VERSION_KEY) if isvc else None
 
-    # Ready: copied from the InferenceService's own Ready condition.
+    # Ready: copied from the InferenceService's own Ready condition, unless the pods say why
+    # it is not Ready and KServe does not.
     ready = _isvc_ready(status)
-    if apply_error:
+    if pod_problem is not None and (ready or {}).get("status") == "True":
+        pod_problem = None  # KServe saw a pod serve; trust it
+    if pod_problem is not None and not pod_problem.model_failure and not apply_error \
+            and isvc is not None:
+        conditions = set_condition(conditions, READY, "False", pod_problem.reason,
+                                   pod_problem.message, generation, now)
+    elif apply_error:
         conditions = set_condition(conditions, READY, "False", "InferenceServiceRejected",
                                    apply_error, generation, now)
     elif isvc is None:
@@ -215,6 +226,9 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
     active = (model_status.get("states") or {}).get("activeModelState") or ""
     failure = model_status.get("lastFailureInfo") or {}
     failed = active == "FailedToLoad" or bool(failure.get("reason"))
+    if not failed and pod_problem is not None and pod_problem.model_failure and not stopped:
+        failure = {"reason": MODEL_LOAD_FAILED, "message": pod_problem.message}
+        failed = True
     if failed:
         conditions = set_condition(
             conditions, MODEL_LOADED, "False", failure.get("reason") or "FailedToLoad",

@@ -32,6 +32,7 @@ from slipway.builders.inferenceservice import (
 )
 from slipway.config import active
 from slipway.controllers import resync
+from slipway.status.predictor import predictor_problem
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
@@ -42,6 +43,9 @@ REJECTED = (400, 422)
 # The status fields this controller owns (the rest of status belongs to Kopf).
 OWNED = ("phase", "message", "conditions", "observedGeneration", "url", "servingVersion",
          "model", "inferenceService")
+
+# KServe labels every pod of an InferenceService with its name.
+ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
 _log = logging.getLogger("slipway.modeldeployment")
@@ -132,7 +136,12 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
         if isvc is None:  # unresolved or rejected: report on whatever is there now
             isvc = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, name)
 
-        seen = mirror_status(isvc, conditions, spec.stopped, generation, apply_error=apply_error)
+        problem = None
+        if isvc is not None and not spec.stopped:
+            pods = await kube.list_objects("v1", "Pod", namespace, f"{ISVC_POD_LABEL}={name}")
+            problem = predictor_problem(pods)
+        seen = mirror_status(isvc, conditions, spec.stopped, generation, apply_error=apply_error,
+                             pod_problem=problem)
         new = {
             "phase": seen.phase, "message": seen.message, "conditions": seen.conditions,
             "observedGeneration": generation, "url": seen.url,
