@@ -43,6 +43,13 @@ class FakeKube:
         self.objects[key] = obj
         return copy.deepcopy(obj)
 
+    async def list_objects(self, api_version: str, kind: str, namespace: str | None,
+                           label_selector: str | None = None) -> list[dict[str, Any]]:
+        key, _, value = (label_selector or "").partition("=")
+        return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items()
+                if k == kind and ns == namespace
+                and (not key or o["metadata"].get("labels", {}).get(key) == value)]
+
     async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
                     body: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
         assert subresource == "status"
@@ -63,6 +70,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     monkeypatch.setattr(ctl.kube, "get", fk.get)
     monkeypatch.setattr(ctl.kube, "apply", fk.apply)
     monkeypatch.setattr(ctl.kube, "patch", fk.patch)
+    monkeypatch.setattr(ctl.kube, "list_objects", fk.list_objects)
     monkeypatch.setattr(ctl.events, "emit",
                         lambda obj, type_, reason, message: fk.events.append(
                             (type_, reason, message)))

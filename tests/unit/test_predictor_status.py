@@ -97,3 +97,27 @@ def test_kserve_ready_wins_over_a_pod_problem() -> None:
     problem = predictor_problem([pod(phase="Running", containers=[CRASH])])
     seen = mirror_status(isvc, [], stopped=False, generation=1, pod_problem=problem)
     assert seen.phase == "Ready"
+
+
+def test_a_current_pod_failure_replaces_a_stale_kserve_failure() -> None:
+    isvc = {"metadata": {}, "status": {
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "modelStatus": {"states": {"activeModelState": "FailedToLoad"},
+                        "lastFailureInfo": {"reason": "ModelLoadFailed",
+                                            "message": "no model at s3://m/x"}}}}
+    seen = mirror_status(isvc, [], stopped=False, generation=1)
+    assert "no model at" in seen.message
+    problem = predictor_problem([pod(phase="Running", containers=[CRASH])])
+    seen = mirror_status(isvc, [], stopped=False, generation=1, pod_problem=problem)
+    assert "cannot load model file x" in seen.message and "no model at" not in seen.message
+
+
+def test_kserve_keeps_lastfailureinfo_after_a_successful_load() -> None:
+    isvc = {"metadata": {}, "status": {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "modelStatus": {"transitionStatus": "UpToDate",
+                        "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"},
+                        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "old"}}}}
+    seen = mirror_status(isvc, [], stopped=False, generation=1)
+    assert seen.phase == "Ready"
+    assert next(c for c in seen.conditions if c["type"] == "ModelLoaded")["status"] == "True"

@@ -225,8 +225,14 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
     model_status = status.get("modelStatus") or {}
     active = (model_status.get("states") or {}).get("activeModelState") or ""
     failure = model_status.get("lastFailureInfo") or {}
-    failed = active == "FailedToLoad" or bool(failure.get("reason"))
-    if not failed and pod_problem is not None and pod_problem.model_failure and not stopped:
+    # KServe never clears lastFailureInfo, even once a later load succeeds: it only counts
+    # while the model is not Loaded.
+    failed = active == "FailedToLoad" or (
+        bool(failure.get("reason")) and active != "Loaded"
+        and model_status.get("transitionStatus") != "UpToDate")
+    if pod_problem is not None and pod_problem.model_failure and not stopped:
+        # The pods are the current truth: KServe's lastFailureInfo is only refreshed when
+        # something else makes it reconcile, so it can describe an earlier failure.
         failure = {"reason": MODEL_LOAD_FAILED, "message": pod_problem.message}
         failed = True
     if failed:
