@@ -267,8 +267,10 @@ def test_httproute_weights_split_traffic_90_10(kubectl: Kubectl, namespace: str,
              30, what="the HTTPRoute Accepted by the local gateway")
 
     total = 10_000
-    report = load_in_background(gateway, host, "split", rate=800, requests=total,
-                                concurrency=32, tally_header="x-slipway-backend").wait(120)
+    # An open-loop rate this machine (2 cores: load, gateway and two servers) keeps up with.
+    report = load_in_background(gateway, host, "split", rate=350, requests=total,
+                                concurrency=16, timeout=10, tally_header="x-slipway-backend"
+                                ).wait(120)
     assert report.ok == total, report
 
     def counts() -> dict[str, float]:
