@@ -111,8 +111,9 @@ def run_demo(directory: Path, keep: bool = False) -> int:
             _wait(f"ModelDeployment {name} to be Ready",
                   lambda n=name: _phase(cluster, "modeldeployment", n) == "Ready",  # type: ignore[misc]
                   180)
-        _say("kubectl get inferenceservices,httproutes  (made Ready by KServe's controller)")
-        print(cluster.kubectl("get", "inferenceservices,httproutes", "-n", NAMESPACE).stdout)
+        _say("kubectl get inferenceservices,ingresses  (made by KServe's controller; the local "
+             "gateway serves the ingresses)")
+        print(cluster.kubectl("get", "inferenceservices,ingresses", "-n", NAMESPACE).stdout)
         _say("kubectl get slipway")
         print(cluster.kubectl("get", "slipway", "-n", NAMESPACE, "-o", "wide").stdout)
 
@@ -129,20 +130,22 @@ def run_demo(directory: Path, keep: bool = False) -> int:
         loads = [load_in_background(gateway, hosts[name], name, rate=20, duration=15,
                                     protocol=protocol)
                  for name, protocol in SERVED.items()]
-        for handle in loads:
-            print(f"    {handle.wait(60).summary()}")
+        for name, handle in zip(SERVED, loads, strict=True):
+            print(f"    {name}: {handle.wait(60).summary()}")
+        end = time.time()
         time.sleep(5)  # two scrape intervals, so the last requests are in Prometheus
         prom = cluster.endpoints["prometheus"]
+        # Evaluated at the end of the load, over its last 12 s.
         rate_q = (f'sum by (inferenceservice, model_version) '
-                  f'(rate(slipway_model_requests_total{{namespace="{NAMESPACE}"}}[20s]))')
+                  f'(rate(slipway_model_requests_total{{namespace="{NAMESPACE}"}}[12s]))')
         p99_q = (f'1000 * histogram_quantile(0.99, sum by (le, inferenceservice, model_version) '
                  f'(rate(slipway_model_request_duration_seconds_bucket'
-                 f'{{namespace="{NAMESPACE}"}}[20s])))')
+                 f'{{namespace="{NAMESPACE}"}}[12s])))')
         _say(f"PromQL: {rate_q}")
-        for r in query(prom, rate_q):
+        for r in query(prom, rate_q, at=end):
             print(f"    {r['metric']}: {float(r['value'][1]):.1f} req/s")
         _say(f"PromQL: {p99_q}")
-        for r in query(prom, p99_q):
+        for r in query(prom, p99_q, at=end):
             print(f"    {r['metric']}: p99 {float(r['value'][1]):.1f} ms")
         _say("demo finished")
         return 0

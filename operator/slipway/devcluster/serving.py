@@ -120,9 +120,12 @@ def prometheus_config(targets_dir: Path, self_port: int, kserve_metrics: int) ->
     }
 
 
-def query(prometheus_url: str, promql: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """An instant PromQL query; the `result` vector (an empty list when nothing matches)."""
-    url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+def query(prometheus_url: str, promql: str, timeout: float = 5.0,
+          at: float | None = None) -> list[dict[str, Any]]:
+    """An instant PromQL query (now, or at the unix time *at*); the `result` vector (an empty
+    list when nothing matches)."""
+    params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+    url = f"{prometheus_url}/api/v1/query?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         body = json.loads(resp.read())
     if body.get("status") != "success":
