@@ -107,7 +107,11 @@ def test_operator_works_with_only_the_charts_rbac(cluster: Cluster, kubectl: Kub
         events = kubectl.items("events", namespace)
         assert any(e["reason"] == "Succeeded" for e in events)
         log = (tmp_path / "restricted.log").read_text()
-        assert "forbidden" not in log.lower(), log[-3000:]
+        # RBAC denials only: writes into a namespace another test is deleting are refused
+        # with "forbidden ... because it is being terminated", which is not about our role.
+        denied = [ln for ln in log.splitlines() if "forbidden" in ln.lower()
+                  and "being terminated" not in ln]
+        assert denied == [], "\n".join(denied[-20:])
         assert "client-certificate" not in kubeconfig.read_text()  # token auth only
     finally:
         restricted.stop()

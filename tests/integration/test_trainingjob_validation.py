@@ -42,6 +42,16 @@ INVALID = [
     ("master port too low", tj(workers=2, distributed={"masterPort": 80}),
      "spec.distributed.masterPort"),
     ("name too long", tj(name="n" * 46), "metadata.name must be at most 45 characters"),
+    # Kubeflow's own example names: valid object names, invalid Service names.
+    ("dotted name, distributed", tj(name="llama3.1-sft", workers=2, distributed={}),
+     "metadata.name must be a DNS-1035 label"),
+    ("name starting with a digit, distributed", tj(name="7b-pretrain", workers=2,
+                                                   distributed={}),
+     "metadata.name must be a DNS-1035 label"),
+    ("ttl beyond int32", tj(runPolicy={"ttlSecondsAfterFinished": 2**31}),
+     "spec.runPolicy.ttlSecondsAfterFinished"),
+    ("deadline beyond int32", tj(runPolicy={"activeDeadlineSeconds": 10**12}),
+     "spec.runPolicy.activeDeadlineSeconds"),
 ]
 
 
@@ -57,7 +67,11 @@ def test_invalid_spec_rejected_with_field(kubectl: Kubectl, namespace: str, case
 def test_valid_samples_apply(kubectl: Kubectl, namespace: str) -> None:
     from pathlib import Path
 
-    for sample in sorted(Path("manifests/samples").glob("trainingjob-*.yaml")):
+    # Relative to this file, not the working directory: an empty glob would pass silently.
+    samples = sorted((Path(__file__).resolve().parents[2] / "manifests" / "samples")
+                     .glob("trainingjob-*.yaml"))
+    assert len(samples) >= 3, samples
+    for sample in samples:
         proc = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sample),
                        check=False)
         assert proc.returncode == 0, f"{sample}: {proc.stderr}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from slipway.api.trainingjob import TrainingJobSpec
+from slipway.api.trainingjob import RunPolicy, TrainingJobSpec
 from slipway.status.trainingjob import build_failed, is_final, observe, ttl_expired
 
 NOW = "2026-01-01T00:10:00Z"
@@ -45,9 +45,11 @@ def test_running_then_event_only_on_transition() -> None:
     assert cond(obs.status, "Running")["status"] == "True"
     assert obs.status["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
     assert [e.reason for e in obs.events] == ["Running"]
-    again = observe(SPEC, tj(obs.status), job(active=2), None, NOW)
+    # A later observation: lastTransitionTime does not move while the status stays the same
+    # (a different "now", so a condition rewritten on every pass would show it).
+    later = "2026-01-01T00:20:00Z"
+    again = observe(SPEC, tj(obs.status), job(active=2), None, later)
     assert again.events == []
-    # lastTransitionTime does not move while the status stays the same
     assert cond(again.status, "Running")["lastTransitionTime"] == NOW
 
 
@@ -110,3 +112,13 @@ def test_ttl() -> None:
     assert not ttl_expired(s, finished, t0 + dt.timedelta(seconds=59))
     assert ttl_expired(s, finished, t0 + dt.timedelta(seconds=60))
     assert not ttl_expired(s, tj({"phase": "Running"}), t0 + dt.timedelta(days=1))
+
+
+def test_ttl_beyond_date_range_never_expires_and_never_crashes() -> None:
+    # An object stored before the CRD bounded the field must not crash every resync;
+    # model_construct skips the (new) bound, as an old stored object would.
+    spec = TrainingJobSpec.model_validate({"image": "i"})
+    spec.run_policy = RunPolicy.model_construct(ttl_seconds_after_finished=10**15)
+    assert spec.policy.ttl_seconds_after_finished == 10**15
+    done = tj({"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"})
+    assert ttl_expired(spec, done, dt.datetime(2026, 1, 2, tzinfo=dt.UTC)) is False

@@ -13,6 +13,10 @@ MAX_WORKERS = 512
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Job pod hostnames are "<job>-<index>": keep TrainingJob names short enough.
 MAX_NAME_LENGTH = 45
+# batch/v1 keeps these as int32; larger values overflow date arithmetic downstream.
+INT32_MAX = 2**31 - 1
+# A distributed job's name also names its headless Service, a DNS-1035 label.
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 class EnvVar(ApiModel):
@@ -43,9 +47,10 @@ class RunPolicy(ApiModel):
     backoff_limit: int = Field(3, ge=0, le=100,
                                description="Pod failures tolerated before the job is Failed.")
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Wall-clock limit; exceeding it fails with DeadlineExceeded.")
+        None, ge=1, le=INT32_MAX,
+        description="Wall-clock limit; exceeding it fails with DeadlineExceeded.")
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the TrainingJob this long after it finishes.")
+        None, ge=0, le=INT32_MAX, description="Delete the TrainingJob this long after it finishes.")
     suspend: bool = Field(False, description="Stop all pods now; set back to false to resume.")
 
 
@@ -198,6 +203,10 @@ CRD = CRDInfo(
     root_validations=(
         {"rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
          "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters"},
+        {"rule": f"!has(self.spec.distributed) || self.metadata.name.matches('{DNS_1035}')",
+         "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits and "
+                    "'-', starting with a letter; no '.') when spec.distributed is set: it "
+                    "names the headless Service of the workers"},
         {"rule": f"self.spec.image == oldSelf.spec.image || {_RUNNING_IMMUTABLE}",
          "message": "spec.image is immutable while the job is Running; suspend it first",
          "fieldPath": ".spec.image"},

@@ -164,4 +164,7 @@ def ttl_expired(spec: TrainingJobSpec, tj: dict[str, Any], now: dt.datetime) -> 
     done = _parse(status.get("completionTime"))
     if ttl is None or status.get("phase") not in FINAL or done is None:
         return False
-    return now >= done + dt.timedelta(seconds=ttl)
+    try:
+        return now >= done + dt.timedelta(seconds=ttl)
+    except OverflowError:  # an object stored before the CRD bounded the field
+        return False
