@@ -133,6 +133,34 @@ def test_suspend_and_resume(kubectl: Kubectl, namespace: str, operator: Operator
     wait_phase(kubectl, "pausy", namespace, "Succeeded")
 
 
+def test_edit_then_suspend_suspends_and_resume_applies_the_edit(
+        kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    """Sequence: a template edit while Running (kept until suspend/resume), then suspend.
+    The suspend must take effect at once, and the resume must run the edited template."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "edit", pod_annotations={"slipway.dev/fake-duration": "300s"}))
+    first = wait_phase(kubectl, "edit", namespace, "Running")["jobName"]
+    kubectl("patch", "tj", "edit", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"env":[{"name":"LR","value":"0.1"}]}}')
+    wait_for(lambda: "suspend and resume" in (kubectl.get("tj", "edit", namespace) or {})
+             .get("status", {}).get("message", ""), 30, what="the pending-change note")
+    kubectl("patch", "tj", "edit", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    st = wait_phase(kubectl, "edit", namespace, "Queued")
+    wait_for(lambda: not kubectl.items("pods", namespace, "slipway.dev/trainingjob=edit"), 60,
+             what="the pods of the suspended job to go away")
+    jobs = kubectl.items("jobs", namespace, "slipway.dev/trainingjob=edit")
+    assert all(j["spec"]["suspend"] for j in jobs), jobs
+    kubectl("patch", "tj", "edit", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    st = wait_phase(kubectl, "edit", namespace, "Running")
+    assert st["jobName"] != first  # the edited template runs in a Job of its own
+    job = kubectl.get("job", st["jobName"], namespace) or {}
+    env = {e["name"]: e.get("value") for e in
+           job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LR"] == "0.1"
+
+
 def test_queue_label_and_kueue_owns_suspend(kubectl: Kubectl, namespace: str,
                                             operator: OperatorProcess) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=tj("queued", queue="team-a"))

@@ -124,7 +124,9 @@ async def _reconcile(tj: dict[str, Any]) -> None:
             await _write(tj, build_failed(tj, f"the Job was rejected: {exc}", now))
             return
         emit(tj, "Normal", "Created", f"created Job {desired['metadata']['name']}")
-    elif note is None:
+    else:
+        # Also while a template change waits for suspend/resume: the Job kept running still
+        # takes the mutable fields, suspend above all (else the change could never apply).
         current = await _converge(spec, desired, current)
 
     output = job_output(current) or resolve_output(spec, tj)
