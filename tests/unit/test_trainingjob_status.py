@@ -122,3 +122,19 @@ def test_ttl_beyond_date_range_never_expires_and_never_crashes() -> None:
     assert spec.policy.ttl_seconds_after_finished == 10**15
     done = tj({"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"})
     assert ttl_expired(spec, done, dt.datetime(2026, 1, 2, tzinfo=dt.UTC)) is False
+
+
+def test_fixing_a_build_failure_clears_failed_and_success_is_final() -> None:
+    spec = TrainingJobSpec.model_validate({"image": "i"})
+    broken = build_failed(tj(generation=1), "bad podTemplate", NOW)
+    assert not is_final(tj(broken.status, generation=2))  # edited: retried
+    # Fixed at generation 2: the Job runs and completes.
+    running = observe(spec, tj(broken.status, generation=2), job(active=1), None, NOW)
+    assert cond(running.status, "Failed")["status"] == "False"
+    done = observe(spec, tj(running.status, generation=2), job(
+        conditions=[{"type": "Complete", "status": "True"}]), None, NOW)
+    assert done.status["phase"] == "Succeeded"
+    assert cond(done.status, "Succeeded")["status"] == "True"
+    assert cond(done.status, "Failed")["status"] == "False"
+    # A later edit (generation 3) must not re-run a finished training.
+    assert is_final(tj(done.status, generation=3))

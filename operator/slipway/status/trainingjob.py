@@ -121,6 +121,10 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
             status["output"] = output
     if phase == "Failed":
         cond("Failed", True, reason, message)
+    elif (get_condition(conds, "Failed") or {}).get("status") == "True":
+        # A BuildFailed spec was fixed and the job runs (or ran) after all: the conditions must
+        # agree with the phase, never say Failed and Succeeded at once.
+        cond("Failed", False, phase, "")
 
     start, end = _parse(status.get("startTime")), _parse(status.get("completionTime"))
     if start and end:
@@ -150,7 +154,9 @@ def build_failed(tj: dict[str, Any], message: str, now: str) -> Observation:
 def is_final(tj: dict[str, Any]) -> bool:
     """Finished jobs are never re-run; a BuildFailed job is retried once its spec changes."""
     status = tj.get("status") or {}
-    if status.get("phase") not in FINAL:
+    if status.get("phase") == "Succeeded":
+        return True
+    if status.get("phase") != "Failed":
         return False
     failed = get_condition(status.get("conditions"), "Failed") or {}
     if failed.get("reason") == BUILD_FAILED:
