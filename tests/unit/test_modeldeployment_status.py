@@ -107,6 +107,17 @@ def test_missing_isvc_user_error_is_failed() -> None:
     assert mirror_status(None, conds, stopped=False, now=NOW).phase == "Failed"
 
 
+def test_failed_trainingjob_with_nothing_deployed_is_failed() -> None:
+    conds = set_condition([], MODEL_RESOLVED, False, "TrainingJobFailed",
+                          "TrainingJob train failed: BackoffLimitExceeded", 1, NOW)
+    seen = mirror_status(None, conds, stopped=False, now=NOW)
+    assert seen.phase == "Failed"
+    assert seen.message == "TrainingJob train failed: BackoffLimitExceeded"
+    # With a model already deployed from an earlier run, it keeps serving.
+    seen = mirror_status(isvc(ready_status()), conds, stopped=False, now=NOW)
+    assert seen.phase == "Ready"
+
+
 def test_apply_rejected_is_failed() -> None:
     seen = mirror_status(None, resolved(), stopped=False, apply_error="rejected: bad", now=NOW)
     assert seen.phase == "Failed" and seen.message == "rejected: bad"

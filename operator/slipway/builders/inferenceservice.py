@@ -254,7 +254,8 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
         phase, message = "Failed", apply_error
     elif isvc is None:
         if resolved is not None and not resolved_ok:
-            phase, message = ("Failed" if _is_user_error(resolved) else "Pending",
+            phase, message = ("Failed" if _is_user_error(resolved)
+                              or resolved.get("reason") in FAILED_SOURCE_REASONS else "Pending",
                               resolved.get("message") or "")
         else:
             phase, message = "Pending", "creating the InferenceService"
@@ -278,6 +279,11 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
 # Reasons of ModelResolved=False that need a user to fix the spec (the others are waits).
 USER_ERROR_REASONS = frozenset({"TrainingJobHasNoOutput", "UnsupportedURI", "FormatUnknown",
                                 "UnsupportedFormat", "InvalidSpec", "Rejected"})
+
+
+# Reasons of ModelResolved=False after which nothing will be deployed unless the source changes:
+# Failed, though not a mistake in this spec (a new TrainingJob run can still resolve it).
+FAILED_SOURCE_REASONS = frozenset({"TrainingJobFailed"})
 
 
 # Reasons of ModelResolved=False that are an expected wait, reported as Normal Events.
