@@ -187,13 +187,15 @@ def test_status_mirrors_inferenceservice(kubectl: Kubectl, namespace: str,
     apply(kubectl, namespace, md("iris", {"model": {**MODEL, "uri": uri}}))
     wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
 
-    def pending() -> dict[str, Any]:
+    def missing() -> dict[str, Any]:
         s = md_status(kubectl, namespace, "iris")
-        assert s.get("phase") == "Pending", s
+        assert s.get("phase") == "Failed", s
         assert condition(s, "ModelResolved")["status"] == "True", s
+        assert "no model at" in condition(s, "ModelLoaded")["message"], s
         return s
 
-    wait_for(pending, TIMEOUT, what="phase Pending while the model is not in the store")
+    # The storage step fails while the model is not in the store (the predictor pod says so).
+    wait_for(missing, 60, what="phase Failed while the model is not in the store")
     upload_example_model(model_store, uri, "sklearn")
 
     def ready() -> dict[str, Any]:
