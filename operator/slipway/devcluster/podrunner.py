@@ -198,7 +198,9 @@ class PodRunner:
         self.venv_bin = venv / "bin"
         self.store = directory / "models"
         self.targets = directory / "prometheus" / "targets" / "pods.json"
-        self.core = client.CoreV1Api()
+        # One client for the API calls and for turning watch objects into plain dicts.
+        self.api = client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
         self.pods: dict[str, Running] = {}
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
@@ -212,7 +214,7 @@ class PodRunner:
             try:
                 listed = self.core.list_pod_for_all_namespaces()
                 for pod in listed.items:
-                    self.events.put(client.ApiClient().sanitize_for_serialization(pod))
+                    self.events.put(self.api.sanitize_for_serialization(pod))
                 stream = watch.Watch().stream(
                     self.core.list_pod_for_all_namespaces,
                     resource_version=listed.metadata.resource_version  # type: ignore[union-attr]
@@ -220,7 +222,7 @@ class PodRunner:
                 for event in stream:
                     if self.stopping.is_set():
                         return
-                    pod = client.ApiClient().sanitize_for_serialization(event["object"])
+                    pod = self.api.sanitize_for_serialization(event["object"])
                     if event["type"] == "DELETED":
                         pod.setdefault("metadata", {})["deletionTimestamp"] = _now()
                     self.events.put(pod)

@@ -161,6 +161,7 @@ class ServingStack:
             "--kubeconfig", str(c.kubeconfig), "--port", str(c.endpoint_port("gateway")),
             "--health-port", str(c.endpoint_port("gateway-health"))],
             f"http://127.0.0.1:{c.endpoint_port('gateway-health')}/healthz")
+        c.endpoints["gateway"] = f"http://127.0.0.1:{c.endpoint_port('gateway')}"
         self._start_python("podrunner", "slipway.devcluster.podrunner", [
             "--kubeconfig", str(c.kubeconfig), "--dir", str(self.dir),
             "--venv", str(runtimes_venv())], None)
@@ -214,8 +215,6 @@ class ServingStack:
                       health_url: str | None) -> None:
         c = self.cluster
         c.spawn(name, ["-m", module, *args], binary=sys.executable)
-        if name == "gateway":
-            c.endpoints["gateway"] = f"http://127.0.0.1:{c.endpoint_port('gateway')}"
         if health_url:
             c.wait_healthy(name, lambda: c.http_ok(health_url), timeout=30)
 
