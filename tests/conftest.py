@@ -47,12 +47,20 @@ def kube_env(cluster: Cluster) -> Iterator[None]:
         os.environ["KUBECONFIG"] = old
 
 
+def operator_env(cluster: Cluster) -> dict[str, str]:
+    """What an operator run against the local platform needs (Canary analyses query its
+    Prometheus)."""
+    prometheus = cluster.endpoints.get("prometheus")
+    return {"SLIPWAY_PROMETHEUS_URL": prometheus} if prometheus else {}
+
+
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[OperatorProcess]:
     """One `slipway run` process for the whole session."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(cluster.kubeconfig, log, free_port(),
+                         extra_env=operator_env(cluster),
                          prometheus_targets=cluster.dir / "prometheus" / "targets").start()
     yield op
     op.stop()

@@ -12,6 +12,16 @@ from slipway import __version__
 
 # The checked-in CRDs, and the copy Helm installs from the chart.
 DEFAULT_CRD_DIRS = ("crds", "charts/slipway/crds")
+# The manual actions of `slipway canary VERB NAME` (slipway.api.canary.ACTIONS, kept here so
+# that building the parser imports no models).
+CANARY_VERBS = {
+    "promote": "go to the next step now, without waiting for the analysis",
+    "promote-full": "skip the remaining steps and the analysis: promote the canary now",
+    "pause": "hold the rollout at its current weight",
+    "resume": "go on with a paused rollout",
+    "abort": "end the rollout: the stable version takes all traffic back",
+    "retry": "start a rolled-back, aborted or failed rollout of the same version again",
+}
 DEFAULT_DEV_DIR = Path(os.environ.get("SLIPWAY_DEV_DIR",
                                       Path.home() / ".cache" / "slipway" / "dev"))
 
@@ -103,6 +113,35 @@ def _cmd_dev_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir), keep=args.keep)
 
 
+def _cmd_canary_action(args: argparse.Namespace) -> int:
+    from slipway.canary.commands import act
+
+    return act(args.name, args.namespace, args.canary_command, args.kubeconfig)
+
+
+def _cmd_canary_status(args: argparse.Namespace) -> int:
+    from slipway.canary.commands import status
+
+    return status(args.name, args.namespace, args.kubeconfig)
+
+
+def _add_canary(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("name", help="the Canary")
+    target.add_argument("-n", "--namespace",
+                        help="its namespace (default: the kubeconfig context's, else default)")
+    target.add_argument("--kubeconfig", help="default: $KUBECONFIG, else ~/.kube/config")
+
+    canary = sub.add_parser("canary", help="act on a Canary rollout, or show one")
+    verbs = canary.add_subparsers(dest="canary_command", required=True, metavar="VERB")
+    for verb, text in CANARY_VERBS.items():
+        verbs.add_parser(verb, parents=[target], help=text, description=text
+                         ).set_defaults(func=_cmd_canary_action)
+    text = "the rollout: phase, versions, schedule, last analysis, history and Events"
+    verbs.add_parser("status", parents=[target], help=text, description=text
+                     ).set_defaults(func=_cmd_canary_status)
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     print(__version__)
     return 0
@@ -158,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=str(DEFAULT_DEV_DIR))
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
     demo.set_defaults(func=_cmd_dev_demo)
+
+    _add_canary(sub)
 
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)

@@ -16,6 +16,8 @@ class Settings(BaseModel):
     resync_seconds: float = Field(
         15.0, description="How often the resync loop re-checks every object.")
     kserve_default_deployment_mode: str = "Standard"
+    prometheus_url: str | None = Field(
+        None, description="Prometheus the Canary analysis queries (SLIPWAY_PROMETHEUS_URL).")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,6 +34,7 @@ class Settings(BaseModel):
             json_logs=flag("SLIPWAY_JSON_LOGS"),
             resync_seconds=float(env.get("SLIPWAY_RESYNC_SECONDS", "15")),
             kserve_default_deployment_mode=env.get("SLIPWAY_KSERVE_DEPLOYMENT_MODE", "Standard"),
+            prometheus_url=env.get("SLIPWAY_PROMETHEUS_URL") or None,
         )
 
 

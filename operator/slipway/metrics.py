@@ -35,3 +35,37 @@ def serve(port: int) -> None:
     if port and not _started:
         start_http_server(port, addr="0.0.0.0")
         _started = True
+
+# Canary rollouts (controllers.canary).
+CANARY_WEIGHT = Gauge(
+    "slipway_canary_weight", "Percent of traffic on the canary version.", ["namespace", "name"])
+CANARY_PHASE = Gauge(
+    "slipway_canary_phase", "1 for the phase a Canary is in, 0 for the others.",
+    ["namespace", "name", "phase"])
+CANARY_METRIC = Gauge(
+    "slipway_canary_metric_value", "The last value each analysis metric measured.",
+    ["namespace", "name", "metric"])
+CANARY_CHECKS = Counter(
+    "slipway_canary_checks_total", "Analysis results by metric and outcome.",
+    ["namespace", "name", "metric", "outcome"])
+CANARY_ROLLOUTS = Counter(
+    "slipway_canary_rollouts_total", "Finished rollouts by outcome.", ["outcome"])
+CANARY_ROLLOUT_SECONDS = Histogram(
+    "slipway_canary_rollout_duration_seconds", "Rollout duration by outcome.", ["outcome"],
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600))
+CANARY_PHASES = ("Initializing", "Idle", "Progressing", "Paused", "Promoting", "Succeeded",
+                 "RolledBack", "Aborted", "Failed")
+
+
+def set_canary(namespace: str, name: str, phase: str | None, weight: int | None) -> None:
+    CANARY_WEIGHT.labels(namespace, name).set(weight or 0)
+    for p in CANARY_PHASES:
+        CANARY_PHASE.labels(namespace, name, p).set(1 if p == phase else 0)
+
+
+def forget_canary(namespace: str, name: str) -> None:
+    """Drop a deleted Canary's series."""
+    for gauge in (CANARY_WEIGHT, CANARY_PHASE, CANARY_METRIC):
+        for labels in list(gauge._metrics):  # prometheus_client has no public list
+            if labels[:2] == (namespace, name):
+                gauge.remove(*labels)

@@ -3,7 +3,14 @@
 It generates a deterministic synthetic binary classification dataset, trains a small model and
 writes it where this package's servers load it from (``model.joblib`` for scikit-learn,
 ``model.ubj`` for XGBoost), plus a ``metadata.json``. Knobs exist for the Canary tests: a
-deliberately bad model, a model with shifted predictions, and a forced failure exit code.
+deliberately bad model, a model with shifted predictions, a forced failure exit code, and two
+misbehaviours carried in the model artifact itself (scikit-learn format only, see
+:mod:`slipway_runtimes.faults`):
+
+- ``--quality flaky``: the saved model raises on a share of predict calls (``--fail-share``,
+  default 0.3), which the server answers with HTTP 500;
+- ``--quality slow``: the saved model sleeps before every predict call
+  (``--added-latency-ms``, default 200); its predictions are the good model's.
 
 Every option has an environment variable; a flag wins over its variable.
 """
@@ -23,9 +30,14 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from .faults import FlakyModel, SlowModel
+
 PROG = "slipway-example-trainer"
 FORMATS = ("sklearn", "xgboost")
-QUALITIES = ("good", "bad", "shifted")
+QUALITIES = ("good", "bad", "shifted", "flaky", "slow")
+# Qualities whose model is the good one wrapped in a slipway_runtimes.faults class; only a
+# pickled (sklearn-format) artifact can carry the wrapper, an XGBoost .ubj holds just a Booster.
+WRAPPED_QUALITIES = ("flaky", "slow")
 # The first name each server looks for (SKLearnModel / XGBoostModel.model_files); a test keeps
 # these in step without importing kserve here, which would slow the trainer's start-up.
 MODEL_FILES = {"sklearn": "model.joblib", "xgboost": "model.ubj"}
@@ -39,6 +51,8 @@ HELDOUT_FRACTION = 0.2
 # nearly every input: a strongly different prediction distribution, yet no request fails.
 SHIFT_RELABEL_SHARE = 0.8
 XGB_ROUNDS = 20
+DEFAULT_FAIL_SHARE = 0.3
+DEFAULT_ADDED_LATENCY_MS = 200
 
 
 class UsageError(Exception):
@@ -179,6 +193,16 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise UsageError(f"{name}={value!r}: expected an integer") from None
 
 
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"{name}={value!r}: expected a number") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -187,7 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--format", choices=FORMATS, help="$SLIPWAY_OUTPUT_FORMAT; sklearn")
     parser.add_argument("--output-dir", help="$SLIPWAY_OUTPUT_DIR, or a file:// SLIPWAY_OUTPUT_URI")
-    parser.add_argument("--quality", choices=QUALITIES, help="$SLIPWAY_TRAINER_QUALITY; good")
+    parser.add_argument(
+        "--quality",
+        choices=QUALITIES,
+        help="$SLIPWAY_TRAINER_QUALITY; good. bad: about chance accuracy; shifted: answers 1 "
+        "for nearly every input; flaky: the saved model raises on a share of predict calls "
+        "(HTTP 500 when served); slow: the saved model adds latency to every predict call. "
+        "flaky and slow need --format sklearn",
+    )
+    parser.add_argument(
+        "--fail-share",
+        type=float,
+        metavar="S",
+        help=f"flaky: share of predict calls that fail, 0..1 ($SLIPWAY_TRAINER_FAIL_SHARE; "
+        f"{DEFAULT_FAIL_SHARE})",
+    )
+    parser.add_argument(
+        "--added-latency-ms",
+        type=int,
+        metavar="MS",
+        help=f"slow: milliseconds added to every predict call "
+        f"($SLIPWAY_TRAINER_ADDED_LATENCY_MS; {DEFAULT_ADDED_LATENCY_MS})",
+    )
     parser.add_argument(
         "--fail-exit-code",
         type=int,
@@ -207,6 +252,8 @@ class Config:
     version: str
     quality: str
     fail_exit_code: int
+    fail_share: float
+    added_latency_ms: int
     features: int
     samples: int
     seed: int
@@ -222,12 +269,31 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         version=env.get("SLIPWAY_OUTPUT_VERSION") or "unversioned",
         quality=args.quality or _env_choice(env, "SLIPWAY_TRAINER_QUALITY", "good", QUALITIES),
         fail_exit_code=pick_int(args.fail_exit_code, "SLIPWAY_TRAINER_FAIL", 0),
+        fail_share=(
+            args.fail_share
+            if args.fail_share is not None
+            else _env_float(env, "SLIPWAY_TRAINER_FAIL_SHARE", DEFAULT_FAIL_SHARE)
+        ),
+        added_latency_ms=pick_int(
+            args.added_latency_ms, "SLIPWAY_TRAINER_ADDED_LATENCY_MS", DEFAULT_ADDED_LATENCY_MS
+        ),
         features=pick_int(args.features, "SLIPWAY_TRAINER_FEATURES", DEFAULT_FEATURES),
         samples=pick_int(args.samples, "SLIPWAY_TRAINER_SAMPLES", DEFAULT_SAMPLES),
         seed=pick_int(args.seed, "SLIPWAY_TRAINER_SEED", DEFAULT_SEED),
     )
     if not 0 <= cfg.fail_exit_code <= 255:
         raise UsageError(f"fail exit code {cfg.fail_exit_code}: expected 0..255")
+    if cfg.quality in WRAPPED_QUALITIES and cfg.fmt != "sklearn":
+        raise UsageError(
+            f"quality {cfg.quality} needs format sklearn, not {cfg.fmt}: the fault travels "
+            f"in a pickled wrapper in {MODEL_FILES['sklearn']}, which {MODEL_FILES[cfg.fmt]} "
+            "cannot hold"
+        )
+    # Checked whatever the quality, so a typo shows up before it matters.
+    if not 0.0 <= cfg.fail_share <= 1.0:  # NaN fails this too
+        raise UsageError(f"fail share {cfg.fail_share}: expected 0..1")
+    if cfg.added_latency_ms < 0:
+        raise UsageError(f"added latency {cfg.added_latency_ms} ms: expected at least 0")
     if cfg.features < 2:  # one informative feature and the noise one
         raise UsageError(f"features {cfg.features}: expected at least 2")
     if cfg.samples < 20:
@@ -261,6 +327,18 @@ def train(cfg: Config) -> dict[str, Any]:
         f"{train_acc:.3f}, held-out accuracy {heldout_acc:.3f}, predicts 1 for {share_1:.0%}"
     )
 
+    fault: dict[str, Any] = {}
+    if cfg.quality == "flaky":
+        # Wrapped only now: the accuracies above are the good model's, and the generator the
+        # artifact carries has not been drawn from yet, so it starts from the seed when loaded.
+        model = FlakyModel(model, cfg.fail_share, cfg.seed)
+        fault = {"fail_share": cfg.fail_share}
+        _log(f"wrapped in FlakyModel: {cfg.fail_share:.1%} of predict calls will raise")
+    elif cfg.quality == "slow":
+        model = SlowModel(model, cfg.added_latency_ms)
+        fault = {"added_latency_ms": cfg.added_latency_ms}
+        _log(f"wrapped in SlowModel: every predict call takes {cfg.added_latency_ms} ms more")
+
     cfg.out.mkdir(parents=True, exist_ok=True)
     model_path = cfg.out / MODEL_FILES[cfg.fmt]
     _save(model, cfg.fmt, model_path)
@@ -275,6 +353,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "train_accuracy": round(train_acc, 4),
         "heldout_accuracy": round(heldout_acc, 4),
         "heldout_share_predicted_1": round(share_1, 4),
+        **fault,
     }
     (cfg.out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     _log(f"wrote {model_path} and {METADATA_FILE}")

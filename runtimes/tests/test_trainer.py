@@ -177,6 +177,18 @@ def test_fail_knob_exits_with_the_code_and_writes_nothing(
         ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_QUALITY": "great"}, "expected one of"),
         ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_FAIL": "yes"}, "expected an integer"),
         ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_FEATURES": "1"}, "at least 2"),
+        ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_FAIL_SHARE": "1.5"}, "expected 0..1"),
+        ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_FAIL_SHARE": "nan"}, "expected 0..1"),
+        ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_FAIL_SHARE": "often"}, "a number"),
+        ({"SLIPWAY_OUTPUT_DIR": "/tmp/x", "SLIPWAY_TRAINER_ADDED_LATENCY_MS": "-5"}, "at least 0"),
+        (
+            {
+                "SLIPWAY_OUTPUT_DIR": "/tmp/x",
+                "SLIPWAY_OUTPUT_FORMAT": "xgboost",
+                "SLIPWAY_TRAINER_QUALITY": "flaky",
+            },
+            "quality flaky needs format sklearn, not xgboost",
+        ),
     ],
 )
 def test_configuration_errors_exit_2(

@@ -184,7 +184,7 @@ async def test_measure_builtins_and_the_sample_count() -> None:
     fake = FakePrometheus({
         'code="5xx"': 1.5,
         "histogram_quantile": 42.0,
-        "increase(slipway_model_requests_total": 120.4,
+        "clamp_min(sum(slipway_model_requests_total": 120.4,
     })
     m = await run(fake, spec(ERR, P99))
     assert m == Measurements({"error-rate": Value(1.5), "latency-p99": Value(42.0)}, 120)
@@ -200,7 +200,7 @@ async def test_measure_relative_to_stable_queries_both_versions() -> None:
                              min_samples=0))
     assert m.metrics["error-rate"] == Value(3.0, 1.0)
     assert m.samples is None  # minSamples 0: not queried
-    assert not any("increase(slipway_model_requests_total" in q for q in fake.seen)
+    assert not any("clamp_min(sum(slipway_model_requests_total" in q for q in fake.seen)
 
 
 async def test_measure_uses_a_checks_own_interval() -> None:
@@ -234,7 +234,7 @@ async def test_measure_a_custom_name_without_query_is_an_error() -> None:
 
 async def test_measure_query_errors_are_kept_per_metric() -> None:
     fake = FakePrometheus({"histogram_quantile": QueryError("bad_data: boom"),
-                           'code="5xx"': 0.0, "increase(": 100.0})
+                           'code="5xx"': 0.0, "clamp_min(": 100.0})
     m = await run(fake, spec(ERR, P99))
     assert m.metrics["latency-p99"] == Value(error="bad_data: boom")
     assert m.metrics["error-rate"] == Value(0.0)
@@ -243,7 +243,7 @@ async def test_measure_query_errors_are_kept_per_metric() -> None:
 
 
 async def test_measure_sample_count_failure() -> None:
-    fake = FakePrometheus({"increase(": QueryError("timeout"), 'code="5xx"': 0.0})
+    fake = FakePrometheus({"clamp_min(": QueryError("timeout"), 'code="5xx"': 0.0})
     m = await run(fake, spec(ERR))
     assert (m.samples, m.samples_error) == (None, "timeout")
 

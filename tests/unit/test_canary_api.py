@@ -45,8 +45,9 @@ def test_crd_carries_names_columns_and_cel_rules() -> None:
     crd = crd_manifest(CRD)
     assert crd["spec"]["names"]["shortNames"] == ["canary"]
     version = crd["spec"]["versions"][0]
-    assert [c["name"] for c in version["additionalPrinterColumns"]][:6] == [
-        "Target", "Phase", "Weight", "Stable", "Canary", "Failed"]
+    # The columns, in its order: PHASE, STABLE, CANARY, WEIGHT, FAILED, LAST CHECK, AGE.
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:7] == [
+        "Phase", "Stable", "Canary", "Weight", "Failed", "Last Check", "Age"]
     spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rules = [r["message"] for r in spec_schema["x-kubernetes-validations"]]
     assert "set exactly one of spec.steps and spec.stepWeight" in rules

@@ -71,8 +71,9 @@ def test_latency_p99_in_milliseconds() -> None:
 
 
 def test_request_count() -> None:
+    series = f"slipway_model_requests_total{{{SEL}}}"
     assert queries.request_count("ml", "iris", "v2", "1m") == \
-        f"sum(increase(slipway_model_requests_total{{{SEL}}}[1m]))"
+        f"clamp_min(sum({series}) - (sum({series} offset 1m) or vector(0)), 0)"
 
 
 def test_prediction_buckets() -> None:

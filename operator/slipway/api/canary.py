@@ -8,17 +8,22 @@ stable version, an explicit no-data policy with a minimum sample count.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from slipway.api.common import ApiModel, Condition, CRDInfo, PrinterColumn
-from slipway.api.modeldeployment import DNS_1123
+from slipway.api.modeldeployment import DNS_1123, ResolvedModel
 
-DURATION = r"^[0-9]+(ms|s|m|h)$"
+# At most 6 digits: what CEL's duration() and Python's timedelta parse without overflow
+# (999999h is 114 years).
+DURATION = r"^[0-9]{1,6}(ms|s|m|h)$"
 BUILTIN_METRICS: tuple[str, ...] = ("error-rate", "latency-p99", "request-rate",
                                     "prediction-drift")
 MAX_STEPS = 20
+# Shorter steps than a few Prometheus scrapes measure nothing.
+MIN_INTERVAL_SECONDS = 5
 MAX_METRICS = 20
 # The annotation a person (or `slipway canary VERB`) sets to act on a rollout.
 ACTION_ANNOTATION = "slipway.dev/canary-action"
@@ -27,6 +32,14 @@ ACTIONS: tuple[str, ...] = ("promote", "promote-full", "pause", "resume", "abort
 
 NoDataPolicy = Literal["fail", "pause", "ignore"]
 Compare = Literal["Absolute", "RelativeToStable"]
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a DURATION (500ms, 30s, 1m, 2h)."""
+    match = re.fullmatch(r"([0-9]+)(ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
 class TargetRef(ApiModel):
@@ -87,7 +100,18 @@ class Analysis(ApiModel):
                     "before the rollout is rolled back.")
     metrics: list[MetricCheck] = Field(
         default_factory=list, max_length=MAX_METRICS,
-        description="The checks. Empty: the rollout advances on schedule, with no analysis.")
+        description="The checks, one per name. Empty: the rollout advances on schedule, with "
+                    "no analysis.",
+        # A map keyed by name: the apiserver itself refuses a duplicate name.
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["name"]})
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Analysis:
+        names = [m.name for m in self.metrics]
+        if len(names) != len(set(names)):
+            raise ValueError("spec.analysis.metrics names must be unique")
+        return self
     min_samples: int = Field(
         20, ge=0, le=1_000_000,
         description="Canary requests needed in an interval before its checks count; fewer "
@@ -113,9 +137,15 @@ class CanarySpec(ApiModel):
         {"rule": "!has(self.stepWeight) || self.stepWeight <= self.maxWeight",
          "message": "spec.stepWeight must be at most spec.maxWeight",
          "fieldPath": ".stepWeight"},
-        {"rule": "!has(self.steps) || self.steps.all(i, i == 0 || "
-                 "self.steps[i] > self.steps[i - 1])",
+        {"rule": "!has(self.steps) || (self.steps.isSorted() && "
+                 "self.steps.all(w, self.steps.filter(x, x == w).size() == 1))",
          "message": "spec.steps must be strictly increasing", "fieldPath": ".steps"},
+        # Guarded: duration() of a malformed value is a runtime error, reported on `spec` as
+        # "type conversion error ... evaluating rule" next to the pattern's own error.
+        {"rule": f"!self.interval.matches('{DURATION}') || "
+                 f"duration(self.interval) >= duration('{MIN_INTERVAL_SECONDS}s')",
+         "message": f"spec.interval must be at least {MIN_INTERVAL_SECONDS}s",
+         "fieldPath": ".interval"},
     ]}}
 
     target_ref: TargetRef = Field(description="The ModelDeployment this Canary governs.")
@@ -149,6 +179,8 @@ class CanarySpec(ApiModel):
             raise ValueError("set exactly one of spec.steps and spec.stepWeight")
         if self.step_weight is not None and self.step_weight > self.max_weight:
             raise ValueError("spec.stepWeight must be at most spec.maxWeight")
+        if duration_seconds(self.interval) < MIN_INTERVAL_SECONDS:
+            raise ValueError(f"spec.interval must be at least {MIN_INTERVAL_SECONDS}s")
         if self.steps is not None:
             if any(not 1 <= w <= 100 for w in self.steps):
                 raise ValueError("spec.steps must be between 1 and 100")
@@ -181,6 +213,19 @@ class MetricResult(ApiModel):
     message: str | None = Field(None, description="Why, in words.")
 
 
+class RolloutRecord(ApiModel):
+    """One finished rollout, newest first in status.history."""
+
+    version: str = Field(description="The version that was rolled out.")
+    outcome: str = Field(description="Succeeded, RolledBack, Aborted, Failed or Cancelled.")
+    reason: str | None = Field(None, description="What decided it.")
+    started_at: str | None = Field(None, description="When the rollout began.")
+    finished_at: str | None = Field(None, description="When it ended.")
+    duration_seconds: float | None = Field(None, description="How long it took.")
+    source: str | None = Field(None, description="Where the version came from, e.g. "
+                                                 "TrainingJob/<name>.")
+
+
 class CanaryStatus(ApiModel):
     phase: Phase | None = Field(
         None, description="Initializing, Idle (no rollout), Progressing, Paused, Promoting, "
@@ -197,7 +242,15 @@ class CanaryStatus(ApiModel):
     rollout_started_at: str | None = Field(None, description="When this rollout began.")
     last_analysis: list[MetricResult] | None = Field(
         None, description="Each metric's value and outcome at the last analysis.")
+    last_analysis_time: str | None = Field(None, description="When the last analysis ran.")
     last_action: str | None = Field(None, description="The last manual action handled.")
+    stable_model: ResolvedModel | None = Field(
+        None, description="The stable model (URI, format, runtime, source): what the "
+                          "ModelDeployment's own InferenceService serves.")
+    canary_model: ResolvedModel | None = Field(
+        None, description="The model being rolled out, with where it came from.")
+    history: list[RolloutRecord] | None = Field(
+        None, description="The last rollouts, newest first.")
     conditions: list[Condition] | None = Field(None, description="Promoted, Analysis.")
     observed_generation: int | None = Field(None, description="Generation last reconciled.")
 
@@ -211,15 +264,17 @@ CRD = CRDInfo(
     description="Canary rolls out a new model version of a ModelDeployment step by step, "
                 "judged on live metrics: promoted when good, rolled back when not.",
     printer_columns=(
-        PrinterColumn("Target", ".spec.targetRef.name"),
         PrinterColumn("Phase", ".status.phase"),
-        PrinterColumn("Weight", ".status.canaryWeight", "integer",
-                      description="Percent of traffic on the canary."),
         PrinterColumn("Stable", ".status.stableVersion"),
         PrinterColumn("Canary", ".status.canaryVersion"),
+        PrinterColumn("Weight", ".status.canaryWeight", "integer",
+                      description="Percent of traffic on the canary."),
         PrinterColumn("Failed", ".status.failedChecks", "integer",
                       description="Failed checks of this rollout."),
+        PrinterColumn("Last Check", ".status.lastAnalysisTime", "date",
+                      description="When the last analysis ran."),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        PrinterColumn("Target", ".spec.targetRef.name", priority=1),
         PrinterColumn("Message", ".status.message", priority=1),
     ),
 )

@@ -113,8 +113,11 @@ def _label_safe(value: str) -> bool:
 
 
 def build_inference_service(spec: ModelDeploymentSpec, parent: dict[str, Any],
-                            model: ResolvedModel, default_mode: str) -> dict[str, Any]:
-    """The InferenceService for *parent* (a ModelDeployment body), named like it."""
+                            model: ResolvedModel, default_mode: str,
+                            canary_traffic_percent: int | None = None) -> dict[str, Any]:
+    """The InferenceService for *parent* (a ModelDeployment body), named like it.
+    *canary_traffic_percent*: KServe's Knative-mode split, set while a Canary rolls *model*
+    out (the rest of the traffic stays on the previously rolled-out revision)."""
     labels = {FORMAT_LABEL: model.format}
     if _label_safe(model.version):
         labels[VERSION_KEY] = model.version
@@ -151,6 +154,8 @@ def build_inference_service(spec: ModelDeploymentSpec, parent: dict[str, Any],
             predictor["minReplicas"] = spec.replicas.min
         if spec.replicas.max is not None:
             predictor["maxReplicas"] = spec.replicas.max
+    if canary_traffic_percent is not None:
+        predictor["canaryTrafficPercent"] = canary_traffic_percent
     if spec.autoscaling:
         predictor["scaleMetric"] = spec.autoscaling.metric
         predictor["scaleTarget"] = spec.autoscaling.target

@@ -18,12 +18,18 @@ PausedField is caught at the next tick.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from slipway.api.canary import ACTIONS, CanarySpec, CanaryStatus, MetricResult, Phase
+from slipway.api.canary import (
+    ACTIONS,
+    CanarySpec,
+    CanaryStatus,
+    MetricResult,
+    Phase,
+    duration_seconds,
+)
 from slipway.api.common import Condition, get_condition, set_condition
 from slipway.canary.analysis import Verdict, summary
 
@@ -133,11 +139,7 @@ def rfc3339(when: dt.datetime) -> str:
 
 def duration(text: str) -> dt.timedelta:
     """A spec duration (api.canary.DURATION: 500ms, 30s, 1m, 2h)."""
-    match = re.fullmatch(r"([0-9]+)(ms|s|m|h)", text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r}")
-    unit = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}[match[2]]
-    return dt.timedelta(**{unit: int(match[1])})
+    return dt.timedelta(seconds=duration_seconds(text))
 
 
 @dataclass

@@ -68,8 +68,14 @@ def latency_p99(namespace: str, model: str, version: str, interval: str) -> str:
 
 
 def request_count(namespace: str, model: str, version: str, interval: str) -> str:
-    """Requests in the interval: the sample count that minSamples is compared with."""
-    return f"sum(increase({REQUESTS}{{{selector(namespace, model, version)}}}[{interval}]))"
+    """Requests in the interval: the sample count that minSamples is compared with.
+
+    The difference of the totals now and one interval ago, not increase(): a canary's series
+    are born with its first requests, and increase() ignores everything before a series'
+    second scrape, which undercounts (or finds nothing in) the first interval at a weight.
+    A series absent an interval ago counts from 0; a restarted server is clamped at 0."""
+    series = f"{REQUESTS}{{{selector(namespace, model, version)}}}"
+    return (f"clamp_min(sum({series}) - (sum({series} offset {interval}) or vector(0)), 0)")
 
 
 def prediction_buckets(namespace: str, model: str, version: str, interval: str) -> str:

@@ -1,5 +1,5 @@
 """Kopf handlers, one module per resource. Importing this package registers them."""
 
-from slipway.controllers import modeldeployment, resync, trainingjob
+from slipway.controllers import canary, modeldeployment, resync, trainingjob
 
-__all__ = ["modeldeployment", "resync", "trainingjob"]
+__all__ = ["canary", "modeldeployment", "resync", "trainingjob"]

@@ -19,6 +19,7 @@ import kopf
 from pydantic import ValidationError
 
 from slipway import events, kube, metrics
+from slipway.api.canary import CanaryStatus
 from slipway.api.common import API_VERSION, GROUP, VERSION, set_condition
 from slipway.api.modeldeployment import DEFAULT_RUNTIMES, ModelDeploymentSpec, ResolvedModel
 from slipway.builders import inferenceservice as isvc_builder
@@ -30,6 +31,7 @@ from slipway.builders.inferenceservice import (
     resolve_model,
     transition_events,
 )
+from slipway.canary import children
 from slipway.config import active
 from slipway.controllers import resync
 from slipway.status.predictor import predictor_problem
@@ -85,6 +87,27 @@ async def _resolve(spec: ModelDeploymentSpec, namespace: str,
         return None, err
 
 
+def governing_canary(canaries: list[dict[str, Any]], md_name: str) -> dict[str, Any] | None:
+    """The Canary in charge of *md_name*: the oldest live one that targets it."""
+    mine = [c for c in canaries if not c["metadata"].get("deletionTimestamp")
+            and ((c.get("spec") or {}).get("targetRef") or {}).get("name") == md_name]
+    mine.sort(key=lambda c: (c["metadata"].get("creationTimestamp") or "",
+                             c["metadata"]["name"]))
+    return mine[0] if mine else None
+
+
+async def canary_pin(namespace: str, name: str, mode: children.Mode) -> children.Pin | None:
+    canary = governing_canary(
+        await kube.list_objects(API_VERSION, "Canary", namespace), name)
+    if canary is None:
+        return None
+    try:
+        status = CanaryStatus.model_validate(canary.get("status") or {})
+    except ValidationError:
+        return None
+    return children.pinned(status, mode)
+
+
 async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome | None:
     """Converge one ModelDeployment; None when it is gone. Raises kube.KubeError on API
     faults (the caller decides between TemporaryError and retry-on-next-tick)."""
@@ -123,9 +146,16 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
 
         isvc: dict[str, Any] | None = None
         apply_error: str | None = None
-        if model is not None:
-            manifest = build_inference_service(spec, body, model,
-                                               active().kserve_default_deployment_mode)
+        default_mode = active().kserve_default_deployment_mode
+        pin = await canary_pin(namespace, name, children.mode_of(spec, default_mode))
+        if model is not None or pin is not None:
+            # Under a Canary, the InferenceService serves what the Canary says (the stable
+            # version, or the one being promoted); the resolved model starts a rollout.
+            served = pin.model if pin else model
+            assert served is not None
+            manifest = build_inference_service(
+                spec, body, served, default_mode,
+                canary_traffic_percent=pin.canary_traffic_percent if pin else None)
             try:
                 isvc = await kube.apply(manifest)
             except kube.KubeError as exc:
