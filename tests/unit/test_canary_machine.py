@@ -102,7 +102,7 @@ def test_durations_and_timestamps() -> None:
     assert duration("2h") == dt.timedelta(hours=2)
     with pytest.raises(ValueError):
         duration("1d")
-    assert rfc3339(dt.datetime(2025, 1, 1, 12, 0, 0, 999)) == "2025-01-01T12:00:00Z"
+    assert rfc3339(dt.datetime(2025, 1, 1, 12, 0, 0, 1500)) == "2025-01-01T12:00:00.001Z"
 
 
 def test_a_good_rollout_steps_through_the_weights_then_promotes() -> None:
@@ -110,7 +110,7 @@ def test_a_good_rollout_steps_through_the_weights_then_promotes() -> None:
     assert c(NewVersion("v2")) == [DeployCanary("v2")]
     s = c.status
     assert (s.phase, s.canary_version, s.canary_weight, s.step) == ("Initializing", "v2", 0, 0)
-    assert s.rollout_started_at == s.step_started_at == "2025-01-01T00:00:00Z"
+    assert s.rollout_started_at == s.step_started_at == "2025-01-01T00:00:00.000Z"
     assert c.event.reason == "RolloutStarted" and "rolling out v2 (stable v1)" in c.event.message
     assert c(CanaryReady(False), after=5) == []
     assert c(Tick(), after=400) == []  # no analysis at weight 0

@@ -143,6 +143,7 @@ class ResolvedModel(ApiModel):
     version: str = Field(description="Model version.")
     runtime: str = Field(description="Serving runtime.")
     source: str = Field(description="'spec' or 'TrainingJob/<name>'.")
+    image: str | None = Field(None, description="With a TrainingJob: the image that trained it.")
 
 
 Phase = Literal["Pending", "Ready", "Failed", "Stopped"]

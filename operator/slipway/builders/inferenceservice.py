@@ -105,7 +105,8 @@ def resolve_model(spec: ModelDeploymentSpec,
             user_error=True)
     version = str(output.get("version") or default_version(uri))
     return ResolvedModel(format=fmt, uri=uri, version=version, runtime=_runtime(spec, fmt),
-                         source=f"TrainingJob/{name}")
+                         source=f"TrainingJob/{name}",
+                         image=(training_job.get("spec") or {}).get("image"))
 
 
 def _label_safe(value: str) -> bool:

@@ -134,7 +134,9 @@ Action = SetWeight | DeployCanary | Promote | RemoveCanary | RunAnalysis | EmitE
 
 def rfc3339(when: dt.datetime) -> str:
     when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    # Milliseconds: step windows are timed from these, and seconds would cut them short.
+    text = when.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
 
 
 def duration(text: str) -> dt.timedelta:

@@ -15,7 +15,7 @@ example trainer) this process runs the container's real program as a local proce
 - the pod's status written as a kubelet would: Running, Ready once the port answers,
   Succeeded/Failed with the real exit code for run-once pods, CrashLoopBackOff with the
   exit code, restart count and the tail of the log for restarted ones, plus an Event;
-- every ready model server listed as a Prometheus file-SD target with `namespace`,
+- every started model server listed as a Prometheus file-SD target with `namespace`,
   `inferenceservice` and `pod` labels.
 
 Run it as `python -m slipway.devcluster.podrunner --kubeconfig K --dir D --venv V`.
@@ -499,7 +499,9 @@ class PodRunner:
              "labels": {"namespace": r.namespace, "pod": r.name,
                         "inferenceservice": r.labels.get(ISVC_LABEL, "")}}
             for r in sorted(self.pods.values(), key=lambda r: (r.namespace, r.name))
-            if r.ready and r.proc is not None and r.plan.metrics_port and ISVC_LABEL in r.labels]
+            # Listed from start, not from Ready: Prometheus then scrapes a new version from
+            # its first request on (a canary's first interval is otherwise thin).
+            if r.proc is not None and r.plan.metrics_port and ISVC_LABEL in r.labels]
         text = json.dumps(targets, indent=1)
         if text != self._targets_written:
             self.targets.parent.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,8 @@ def webhook_configurations(manifests: Path, port: int, ca_pem: bytes) -> list[di
 
 def prometheus_config(targets_dir: Path, self_port: int, kserve_metrics: int) -> dict[str, Any]:
     def file_sd(pattern: str) -> list[dict[str, Any]]:
-        return [{"files": [str(targets_dir / pattern)], "refresh_interval": "5s"}]
+        # The file watch can miss an atomic rename; the refresh is the backstop.
+        return [{"files": [str(targets_dir / pattern)], "refresh_interval": "1s"}]
 
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
