@@ -26,7 +26,7 @@ from slipway.devcluster import Cluster
 from slipway.devcluster.load import LoadHandle, LoadReport, load_in_background
 from slipway.devcluster.modelstore import upload_example_model
 from tests.helpers import Kubectl, OperatorProcess, wait_for
-from tests.integration.test_serving_platform import apply, condition, status
+from tests.integration.test_serving_platform import apply, condition, phase_is, status
 
 READY_TIMEOUT = 120
 INTERVAL = "10s"
@@ -344,7 +344,7 @@ def test_prometheus_down_pauses_on_the_error_limit_then_resumes(
             assert st["failedChecks"] == 0 and st["canaryWeight"] == 20, st
             assert operator.healthy()
         finally:  # the platform is shared: Prometheus comes back whatever happened
-            cluster.spawn("prometheus", prom.args[1:], binary=prom.args[0])
+            cluster.spawn("prometheus", prom.cmdline[1:], binary=prom.cmdline[0])
             wait_for(lambda: prometheus_ready(prometheus), 60, what="Prometheus back")
         print(slipway_cli(cluster, "canary", "resume", "churn", "-n", namespace))
         st = wait_phase(kubectl, namespace, "churn", "Succeeded", "RolledBack", "Paused",
@@ -359,8 +359,7 @@ def wait_status(kubectl: Kubectl, namespace: str, what: str, **expected: Any
     def matches() -> dict[str, Any] | None:
         st = canary_status(kubectl, namespace, "churn")
         return st if all(st.get(k) == v for k, v in expected.items()) else None
-    return wait_for(matches, 60, what=f"{what}: {expected} (now "
-                                      f"{canary_status(kubectl, namespace, 'churn')})")
+    return wait_for(matches, 60, what=f"{what}: {expected}")
 
 
 def test_manual_verbs_from_the_cli_the_annotation_and_the_field(
@@ -494,7 +493,8 @@ def test_closed_loop_retrain_is_promoted_and_a_worse_retrain_rolled_back(
         {"name": "error-rate", "max": 5})))
     st = wait_phase(kubectl, namespace, "churn", "Idle", timeout=180)
     assert st["stableModel"]["source"] == "TrainingJob/train"
-    md_st = status(kubectl, "modeldeployment", namespace, "churn")
+    md_st = wait_for(lambda: phase_is(kubectl, "modeldeployment", namespace, "churn", "Ready"),
+                     READY_TIMEOUT, what="ModelDeployment churn Ready")
     from urllib.parse import urlsplit
     host = urlsplit(md_st["url"]).hostname
     assert host

@@ -10,6 +10,10 @@
 4. Sends predictions through the local gateway to the live model servers, prints the
    answers, runs a short steady load, and prints the request rate and p99 latency per
    model version from PromQL queries against the real Prometheus.
+5. The canary story, under steady load: TrainingJob `fraud-train` trains v1, ModelDeployment
+   `fraud` serves it under Canary `fraud`; a retrain to a good v2 is promoted step by step,
+   then a retrain to a worse v3 (it fails a share of its requests) is rolled back on its own.
+   Each step is printed as it happens, then `slipway canary status fraud`.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ def run_demo(directory: Path, keep: bool = False) -> int:
         _say(f"PromQL: {p99_q}")
         for r in query(prom, p99_q, at=end):
             print(f"    {r['metric']}: p99 {float(r['value'][1]):.1f} ms")
+        canary_story(cluster, gateway)
         _say("demo finished")
         return 0
     finally:
@@ -158,3 +163,89 @@ def run_demo(directory: Path, keep: bool = False) -> int:
         else:
             cluster.stop()
             _say("platform stopped")
+
+
+def _trainingjob(version: str, quality: str) -> dict[str, Any]:
+    return {"apiVersion": "slipway.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "fraud-train", "namespace": NAMESPACE},
+            "spec": {"image": "slipway/example-trainer:0.1.0",
+                     "env": [{"name": "SLIPWAY_TRAINER_QUALITY", "value": quality}],
+                     "output": {"uri": "s3://models/{namespace}/{name}/{version}",
+                                "version": version, "format": "sklearn"}}}
+
+
+CANARY = {"apiVersion": "slipway.dev/v1alpha1", "kind": "Canary",
+          "metadata": {"name": "fraud", "namespace": NAMESPACE},
+          "spec": {"targetRef": {"name": "fraud"}, "interval": "10s", "steps": [20, 50],
+                   "analysis": {"threshold": 2, "minSamples": 10, "metrics": [
+                       {"name": "error-rate", "max": 5},
+                       {"name": "latency-p99", "max": 500},
+                       {"name": "prediction-drift", "max": 0.2}]}}}
+
+
+def _train(cluster: Cluster, version: str, quality: str) -> None:
+    cluster.kubectl("delete", "trainingjob", "fraud-train", "-n", NAMESPACE,
+                    "--ignore-not-found", "--wait=true")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(_trainingjob(version, quality)))
+    _say(f"TrainingJob fraud-train: training {version} (quality {quality})")
+
+
+def _checks(st: dict[str, Any]) -> str:
+    return ", ".join(f"{m['name']} {m['value']:.3g} {m['outcome']}" if m.get("value") is not None
+                     else f"{m['name']} {m['outcome']}" for m in st.get("lastAnalysis") or [])
+
+
+def _follow(cluster: Cluster, version: str, started: float) -> str:
+    """Print the rollout of *version* step by step until it ends; its final phase."""
+    ends = ("Succeeded", "RolledBack", "Failed", "Aborted", "Paused")
+    seen: tuple[Any, ...] | None = None
+    while time.monotonic() - started < 300:
+        st = _get(cluster, "canary", "fraud").get("status", {})
+        ours = version in (st.get("canaryVersion"), st.get("stableVersion"))
+        row = (st.get("phase"), st.get("canaryWeight"), st.get("failedChecks"))
+        if ours and row != seen:
+            seen = row
+            print(f"    t+{time.monotonic() - started:5.1f}s  {st.get('phase'):<12} weight "
+                  f"{st.get('canaryWeight') or 0:>3}%  failed checks "
+                  f"{st.get('failedChecks') or 0}  {_checks(st)}", flush=True)
+            if st.get("phase") in ends:
+                return str(st.get("phase"))
+        time.sleep(0.5)
+    raise TimeoutError(f"the rollout of {version} did not end")
+
+
+def canary_story(cluster: Cluster, gateway: str) -> None:
+    _say("The Canary story: retrained models reach production step by step, judged on "
+         "live metrics")
+    _train(cluster, "v1", "good")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "slipway.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "fraud", "namespace": NAMESPACE},
+        "spec": {"fromTrainingJob": "fraud-train"}}))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(CANARY))
+    _wait("Canary fraud to adopt v1", lambda: _get(cluster, "canary", "fraud").get(
+        "status", {}).get("stableVersion") == "v1", 240)
+    _say("ModelDeployment fraud serves v1; Canary fraud holds it as the stable version")
+    print(cluster.kubectl("get", "canary", "fraud", "-n", NAMESPACE).stdout)
+    host = urlsplit(_get(cluster, "modeldeployment", "fraud")["status"]["url"]).hostname
+    load = load_in_background(gateway, host or "", "fraud", rate=25, duration=600,
+                              tally_header="x-slipway-backend")
+    try:
+        for version, quality, expect in (("v2", "good", "Succeeded"),
+                                         ("v3", "flaky", "RolledBack")):
+            started = time.monotonic()
+            _train(cluster, version, quality)
+            phase = _follow(cluster, version, started)
+            _say(f"{version}: {phase} after {time.monotonic() - started:.0f}s "
+                 f"(expected {expect})")
+            if phase != expect:
+                raise RuntimeError(f"the rollout of {version} ended {phase}, not {expect}")
+    finally:
+        report = load.stop()
+    _say(f"load during both rollouts: {report.summary()}")
+    print(f"    answered by: {dict(report.tally)}")
+    _say("slipway canary status fraud")
+    from slipway.canary.commands import format_status
+    canary = _get(cluster, "canary", "fraud")
+    events = json.loads(cluster.kubectl("get", "events", "-n", NAMESPACE, "-o", "json").stdout)
+    print(format_status(canary, events["items"]))
