@@ -71,7 +71,8 @@ def one_run(cluster: Cluster, gateway: str, run: int, interval: str,
                                       "metrics": [{"name": "error-rate", "max": 5}]}}})
     st = _wait(lambda: ((_get(cluster, "canary", ns, "m") or {}).get("status") or {}).get(
         "phase") == "Idle", 120, "Canary Idle")
-    md = _get(cluster, "modeldeployment", ns, "m") or {}
+    md = _wait(lambda: (m := _get(cluster, "modeldeployment", ns, "m") or {}).get(
+        "status", {}).get("url") and m, 120, "ModelDeployment URL")
     host = urlsplit(md["status"]["url"]).hostname or ""
     load = load_in_background(gateway, host, "m", rate=25, duration=600, concurrency=8)
     try:
