@@ -85,6 +85,8 @@ def run_demo(directory: Path, keep: bool = False) -> int:
          f"{cluster.timings.get('serving')}s); RSS MiB {cluster.rss_mib()}")
     operator = OperatorProcess(cluster.kubeconfig, directory / "operator.log",
                                resync_seconds=5,
+                               extra_env={"SLIPWAY_PROMETHEUS_URL":
+                                          cluster.endpoints["prometheus"]},
                                prometheus_targets=directory / "prometheus" / "targets")
     try:
         operator.start()
@@ -225,6 +227,9 @@ def canary_story(cluster: Cluster, gateway: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(CANARY))
     _wait("Canary fraud to adopt v1", lambda: _get(cluster, "canary", "fraud").get(
         "status", {}).get("stableVersion") == "v1", 240)
+    _wait("ModelDeployment fraud to be Ready", lambda: _get(cluster, "modeldeployment", "fraud")
+          .get("status", {}).get("url") and _phase(cluster, "modeldeployment", "fraud") == "Ready",
+          180)
     _say("ModelDeployment fraud serves v1; Canary fraud holds it as the stable version")
     print(cluster.kubectl("get", "canary", "fraud", "-n", NAMESPACE).stdout)
     host = urlsplit(_get(cluster, "modeldeployment", "fraud")["status"]["url"]).hostname
