@@ -265,7 +265,8 @@ def test_from_trainingjob(kubectl: Kubectl, namespace: str, operator: OperatorPr
     status = wait_for(resolved, TIMEOUT, what="ModelResolved=True, servingVersion v7")
     assert status["model"] == {"format": "sklearn", "uri": "s3://models/train/v7",
                                "version": "v7", "runtime": "slipway-sklearn",
-                               "source": "TrainingJob/train"}
+                               "source": "TrainingJob/train",
+                               "image": "example/train:1"}
 
 
 def test_trainingjob_without_format_is_a_user_error(kubectl: Kubectl, namespace: str,
