@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.run import report
 from slipway.api.canary import duration_seconds
 from slipway.devcluster import Cluster
 from slipway.devcluster.load import load_in_background
@@ -127,10 +128,7 @@ def main() -> int:
     delays = [r["rollback_delay_s"] for r in results["runs"]]
     results["rollback_delay_s"] = {"min": min(delays), "max": max(delays),
                                    "mean": round(sum(delays) / len(delays), 2)}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    report(results, args.out)
     return 0
 
 

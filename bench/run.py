@@ -25,6 +25,14 @@ from slipway.devcluster import Cluster
 from slipway.devcluster.operator_process import OperatorProcess
 
 
+def report(results: dict[str, Any], out: Path | None) -> None:
+    """Print the figures as JSON, and write them to *out* when given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -99,10 +107,7 @@ def main() -> int:
         finally:
             op.stop()
             cluster.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    report(results, args.out)
     return 0
 
 

@@ -25,12 +25,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from .faults import FlakyModel, SlowModel
+
+T = TypeVar("T")
 
 PROG = "slipway-example-trainer"
 FORMATS = ("sklearn", "xgboost")
@@ -183,24 +185,17 @@ def _env_choice(env: Mapping[str, str], name: str, default: str, choices: Sequen
     return value
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _env_number(
+    env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], kind: str
+) -> T:
+    """``env[name]`` parsed by *parse* (int or float), or *default* when unset."""
     value = env.get(name)
     if not value:
         return default
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise UsageError(f"{name}={value!r}: expected an integer") from None
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name)
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"{name}={value!r}: expected a number") from None
+        raise UsageError(f"{name}={value!r}: expected {kind}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +256,7 @@ class Config:
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     def pick_int(flag: int | None, name: str, default: int) -> int:
-        return flag if flag is not None else _env_int(env, name, default)
+        return flag if flag is not None else _env_number(env, name, default, int, "an integer")
 
     cfg = Config(
         fmt=args.format or _env_choice(env, "SLIPWAY_OUTPUT_FORMAT", "sklearn", FORMATS),
@@ -272,7 +267,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         fail_share=(
             args.fail_share
             if args.fail_share is not None
-            else _env_float(env, "SLIPWAY_TRAINER_FAIL_SHARE", DEFAULT_FAIL_SHARE)
+            else _env_number(
+                env, "SLIPWAY_TRAINER_FAIL_SHARE", DEFAULT_FAIL_SHARE, float, "a number"
+            )
         ),
         added_latency_ms=pick_int(
             args.added_latency_ms, "SLIPWAY_TRAINER_ADDED_LATENCY_MS", DEFAULT_ADDED_LATENCY_MS

@@ -23,6 +23,8 @@ from slipway.api.common import get_condition
 from slipway.api.modeldeployment import ModelDeploymentSpec, ResolvedModel
 from slipway.builders import inferenceservice as isvc_builder
 from slipway.builders.meta import child_metadata
+from slipway.canary.machine import ACTIVE
+from slipway.status.predictor import pod_ready
 
 ROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
 ROUTE_KIND = "HTTPRoute"
@@ -32,8 +34,7 @@ ROLE_LABEL = "slipway.dev/canary-role"
 
 Mode = Literal["Standard", "Knative"]
 # Phases in which the canary version is deployed (as a second InferenceService or revision).
-DEPLOYED = ("Initializing", "Progressing", "Paused", "Promoting")
-ACTIVE = ("Initializing", "Progressing", "Paused")
+DEPLOYED = (*ACTIVE, "Promoting")
 
 
 def canary_isvc_name(md_name: str) -> str:
@@ -141,11 +142,6 @@ def _isvc_serves(isvc: dict[str, Any] | None, version: str) -> bool:
     return bool(ready and ready.get("status") == "True")
 
 
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    ready = get_condition((pod.get("status") or {}).get("conditions"), "Ready")
-    return bool(ready and ready.get("status") == "True")
-
-
 def pod_version(pod: dict[str, Any]) -> str | None:
     """The MODEL_VERSION a predictor pod was started with (the builder sets it)."""
     for container in (pod.get("spec") or {}).get("containers") or []:
@@ -160,7 +156,7 @@ def pods_serve(pods: list[dict[str, Any]], version: str) -> bool:
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
     return (bool(live) and all(pod_version(p) == version for p in live)
-            and any(_pod_ready(p) for p in live))
+            and any(pod_ready(p) for p in live))
 
 
 def knative_revision_ready(isvc: dict[str, Any] | None) -> bool:

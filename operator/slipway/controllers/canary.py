@@ -108,7 +108,6 @@ class _Turn:
     status: CanaryStatus
     now: dt.datetime
     actions: list[machine.Action] = field(default_factory=list)
-    analyzed: bool = False
 
     def feed(self, event: machine.Event) -> None:
         self.status, actions = machine.step(self.spec, self.status, event, self.now)
@@ -158,7 +157,6 @@ async def _analyze(turn: _Turn, namespace: str, model: str, step: int) -> None:
                 metrics.CANARY_METRIC.labels(namespace, turn.body["metadata"]["name"],
                                              r.name).set(r.value)
     turn.status.last_analysis_time = machine.rfc3339(turn.now)
-    turn.analyzed = True
 
 
 def _bookkeeping(before: CanaryStatus, turn: _Turn, desired: ResolvedModel | None) -> None:
@@ -176,7 +174,7 @@ def _bookkeeping(before: CanaryStatus, turn: _Turn, desired: ResolvedModel | Non
     if s.canary_version is None and s.phase != "Promoting":
         s.canary_model = None
     ended = s.phase in ENDED and s.phase != before.phase
-    cancelled = s.phase == "Idle" and before.phase in children.ACTIVE
+    cancelled = s.phase == "Idle" and before.phase in machine.ACTIVE
     if (ended or cancelled) and before.canary_version:
         started = before.rollout_started_at
         seconds = ((turn.now - dt.datetime.fromisoformat(started)).total_seconds()
@@ -307,7 +305,7 @@ async def reconcile(namespace: str, name: str) -> float | None:
 
     action = await _take_action(body)
     now = _now()
-    turn = _Turn(body, spec, status, now)
+    turn = _Turn(body, spec, status.model_copy(deep=True), now)  # status stays "before"
     if action:
         turn.feed(machine.Manual(action))
 
@@ -320,7 +318,7 @@ async def reconcile(namespace: str, name: str) -> float | None:
             turn.feed(machine.NewVersion(desired.version))
     elif desired is not None and (
             desired.version not in (s.stable_version, s.canary_version)
-            or (desired.version == s.stable_version and s.phase in children.ACTIVE)):
+            or (desired.version == s.stable_version and s.phase in machine.ACTIVE)):
         turn.feed(machine.NewVersion(desired.version))
 
     md_isvc = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, md_name)
@@ -355,7 +353,7 @@ async def reconcile(namespace: str, name: str) -> float | None:
 
     route = await kube.get(children.ROUTE_API_VERSION, children.ROUTE_KIND, namespace,
                            children.route_name(md_name))
-    before = children.pinned(CanaryStatus.model_validate(old) if old else CanaryStatus(), mode)
+    before = children.pinned(status, mode)  # machine.step worked on a copy
     after = children.pinned(turn.status, mode)
     await _converge(body, turn.status, mode, md, md_spec, canary_isvc, route)
     if before != after or turn.status.phase == "Promoting":

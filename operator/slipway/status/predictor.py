@@ -28,7 +28,7 @@ class PodProblem:
     model_failure: bool
 
 
-def _ready(pod: dict[str, Any]) -> bool:
+def pod_ready(pod: dict[str, Any]) -> bool:
     status = pod.get("status") or {}
     return status.get("phase") == "Running" and any(
         c.get("type") == "Ready" and c.get("status") == "True"
@@ -60,7 +60,7 @@ def predictor_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
     """The most telling problem among *pods*, or None while one of them serves (Ready) or
     none reports anything wrong yet. Model failures win over scheduling and image problems,
     and newer pods over older ones (a rollout's new pod says what is wrong now)."""
-    if any(_ready(p) for p in pods) or not pods:
+    if any(pod_ready(p) for p in pods) or not pods:
         return None
     found: list[PodProblem] = []
     ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp", ""),
