@@ -3,6 +3,7 @@ plane per session (see slipway.devcluster); each test gets its own namespace."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
@@ -84,10 +85,16 @@ def model_store(cluster: Cluster) -> Path:
     return cluster.dir / "models"
 
 
+_namespace_serial = itertools.count()
+
+
 @pytest.fixture
 def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    # The counter makes names unique within a session by construction (parametrized tests
+    # share a 30-character prefix, and 5 random hex digits alone did collide once); the
+    # random part keeps a reused cluster's terminating namespaces out of the way.
     name = f"t-{request.node.name[:30].lower().replace('_', '-').strip('-')}-" \
-           f"{uuid.uuid4().hex[:5]}"
+           f"{next(_namespace_serial)}-{uuid.uuid4().hex[:5]}"
     name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
     kubectl("create", "namespace", name)
     yield name
