@@ -32,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = SETTINGS.model_copy(update={
         k: v for k, v in {
-            "namespace": args.namespace, "peering": args.peering or None,
+            "namespace": args.namespace, "leader_election": args.leader_election or None,
             "json_logs": args.json_logs or None, "liveness_port": args.liveness_port,
             "metrics_port": args.metrics_port,
         }.items() if v is not None
@@ -153,7 +153,9 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator (Kopf)")
     run.add_argument("--namespace", help="watch only this namespace (default: all)")
-    run.add_argument("--peering", action="store_true", help="enable Kopf peering")
+    run.add_argument("--leader-election", action="store_true",
+                     help="hold a Lease to reconcile; wait as standby while another replica "
+                          "holds it (for more than one replica)")
     run.add_argument("--json-logs", action="store_true", help="log as JSON lines")
     run.add_argument("--liveness-port", type=int, help="port of /healthz (default 8080)")
     run.add_argument("--metrics-port", type=int, help="port of /metrics (0 disables)")

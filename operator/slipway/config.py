@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from pydantic import BaseModel, Field
 
 
 class Settings(BaseModel):
     namespace: str | None = Field(None, description="Watch one namespace; None = all.")
-    peering: bool = Field(False, description="Kopf peering (for several replicas).")
+    leader_election: bool = Field(
+        False, description="Lease-based leader election, for running several replicas: only "
+                           "the holder of the Lease reconciles, the others wait as standby.")
+    lease_name: str = "slipway-operator"
+    lease_namespace: str = Field("default", description="Namespace of the leader Lease "
+                                                        "(the operator's own).")
+    identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                          description="This replica's name in the Lease (the pod name).")
     liveness_port: int = 8080
     metrics_port: int = 9100
     json_logs: bool = False
@@ -28,7 +36,11 @@ class Settings(BaseModel):
 
         return cls(
             namespace=env.get("SLIPWAY_NAMESPACE") or None,
-            peering=flag("SLIPWAY_PEERING"),
+            leader_election=flag("SLIPWAY_LEADER_ELECTION"),
+            lease_name=env.get("SLIPWAY_LEASE_NAME") or "slipway-operator",
+            lease_namespace=env.get("SLIPWAY_LEASE_NAMESPACE") or env.get("POD_NAMESPACE")
+            or "default",
+            identity=env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             liveness_port=int(env.get("SLIPWAY_LIVENESS_PORT", "8080")),
             metrics_port=int(env.get("SLIPWAY_METRICS_PORT", "9100")),
             json_logs=flag("SLIPWAY_JSON_LOGS"),

@@ -42,7 +42,7 @@ def run(settings: Settings = SETTINGS) -> None:
         log_format=kopf.LogFormat.JSON if settings.json_logs else kopf.LogFormat.PLAIN,
     )
     asyncio.run(kopf.operator(
-        standalone=not settings.peering,
+        standalone=True,
         clusterwide=settings.namespace is None,
         namespaces=[settings.namespace] if settings.namespace else [],
         liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",

@@ -52,6 +52,13 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, le=INT32_MAX, description="Delete the TrainingJob this long after it finishes.")
     suspend: bool = Field(False, description="Stop all pods now; set back to false to resume.")
+    restart_policy: Literal["ExitCode", "OnFailure", "Never"] = Field(
+        "ExitCode",
+        description="Which worker failures restart the whole group as a new attempt (up to "
+                    "backoffLimit). ExitCode (Kubeflow's): exit codes 1-127 are permanent and "
+                    "fail the job at once, 128 and above (signals, OOM kill, preemption) are "
+                    "retried. OnFailure: every failure is retried. Never: the first failure "
+                    "fails the job.")
 
 
 class Checkpoint(ApiModel):

@@ -9,6 +9,7 @@ ModelDeployment that serves it meet there, with no URI rewritten in any manifest
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,7 +44,7 @@ def local_path(root: Path, uri: str, namespace: str | None = None) -> Path:
 
 
 def upload_example_model(root: Path, uri: str, fmt: str, namespace: str | None = None,
-                         quality: str = "good") -> Path:
+                         quality: str = "good", extra_args: Sequence[str] = ()) -> Path:
     """Train a small model with the example trainer and put it at *uri* in the local store:
     what `aws s3 cp model.joblib s3://...` does on a real platform. Returns the folder."""
     import subprocess
@@ -53,5 +54,5 @@ def upload_example_model(root: Path, uri: str, fmt: str, namespace: str | None =
     target = local_path(root, uri, namespace)
     trainer = runtimes_venv() / "bin" / "slipway-example-trainer"
     subprocess.run([str(trainer), "--format", fmt, "--quality", quality,
-                    "--output-dir", str(target)], check=True, capture_output=True)
+                    "--output-dir", str(target), *extra_args], check=True, capture_output=True)
     return target

@@ -1,0 +1,78 @@
+"""The shape every controller shares: a per-object lock, a fresh read under it, and children
+matched by owner UID.
+
+Why each piece:
+- The lock serialises the handlers, the resync loop and child events for one object, and is
+  dropped when nobody holds or waits for it, so the table does not grow with every object
+  ever seen.
+- Whatever woke a reconcile (a Kopf event, a LIST in the resync loop, a child's event) may
+  carry an old copy of the object. Reconciling from it can undo a newer edit (resume an
+  object the user has just suspended), so every reconcile re-reads the object under the lock.
+- Children are matched by the UID of their controller ownerReference, never by name or label
+  alone: an object deleted and re-created under the same name must not adopt the old one's
+  children while the garbage collector has yet to remove them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from slipway import kube
+
+_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+_waiters: dict[tuple[str, str, str], int] = {}
+
+
+@asynccontextmanager
+async def object_lock(kind: str, namespace: str, name: str) -> AsyncIterator[None]:
+    """Hold the lock of one object; the entry is pruned when its last user leaves."""
+    key = (kind, namespace, name)
+    lock = _locks.setdefault(key, asyncio.Lock())
+    _waiters[key] = _waiters.get(key, 0) + 1
+    try:
+        async with lock:
+            yield
+    finally:
+        _waiters[key] -= 1
+        if _waiters[key] == 0:
+            del _waiters[key]
+            _locks.pop(key, None)
+
+
+def lock_count() -> int:
+    """How many per-object locks exist now (for tests: they must not leak)."""
+    return len(_locks)
+
+
+async def fresh(api_version: str, kind: str, namespace: str,
+                name: str) -> dict[str, Any] | None:
+    """The object as the API server has it now; None when it is gone or being deleted."""
+    obj = await kube.get(api_version, kind, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    obj.setdefault("apiVersion", api_version)
+    obj.setdefault("kind", kind)
+    return obj
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The UID of *obj*'s controller ownerReference (None when it has none)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def owned_by(child: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+    """True when *owner* (by UID) is *child*'s controller."""
+    uid = (owner.get("metadata") or {}).get("uid")
+    return uid is not None and controller_uid(child) == uid
+
+
+def owned(children: list[dict[str, Any]], owner: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The children whose controller is *owner*; same-named leftovers of a deleted
+    predecessor (or objects nobody owns) are left alone."""
+    return [c for c in children if owned_by(c, owner)]
