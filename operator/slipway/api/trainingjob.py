@@ -176,7 +176,11 @@ class TrainingJobStatus(ApiModel):
     job_name: str | None = Field(None, description="The batch/v1 Job running the workers.")
     service_name: str | None = Field(None, description="Headless Service of a multi-node job.")
     workers: WorkerCounts | None = Field(None, description="Pod counts from the Job.")
-    restarts: int | None = Field(None, description="Worker pods that failed and were retried.")
+    restarts: int | None = Field(
+        None, description="Times the whole worker group was restarted as a new attempt after "
+                          "a retriable failure (see runPolicy.restartPolicy).")
+    attempt: int | None = Field(
+        None, description="The current attempt, from 0; each group restart creates a new Job.")
     gpus: int | None = Field(None, description="Total GPUs requested (workers x gpusPerWorker).")
     start_time: str | None = Field(None, description="When the Job started.")
     completion_time: str | None = Field(None, description="When the job finished.")
