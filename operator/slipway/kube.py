@@ -26,6 +26,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Event"): "events",
     ("v1", "ConfigMap"): "configmaps",
     ("batch/v1", "Job"): "jobs",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
     ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "clusterservingruntimes",
     ("slipway.dev/v1alpha1", "TrainingJob"): "trainingjobs",
@@ -115,6 +116,17 @@ async def create(manifest: dict[str, Any]) -> dict[str, Any]:
     url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
     result = await asyncio.to_thread(
         _call, "POST", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
+    assert result is not None
+    return result
+
+
+async def replace(manifest: dict[str, Any]) -> dict[str, Any]:
+    """PUT: replace the whole object; with metadata.resourceVersion set this is a
+    compare-and-swap (409 when someone else wrote it first)."""
+    meta = manifest["metadata"]
+    url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+    result = await asyncio.to_thread(
+        _call, "PUT", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
     assert result is not None
     return result
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
 
-from slipway import metrics
+from slipway import health, metrics
 from slipway.config import SETTINGS, Settings, activate, active
+from slipway.leader import Elector
+
+log = logging.getLogger("slipway.runner")
 
 
 @kopf.on.startup()
@@ -27,9 +31,41 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(active().metrics_port)
 
 
-@kopf.on.probe(id="alive")
-async def alive(**_: Any) -> bool:
-    return True
+def _lost_lease() -> None:
+    # Another replica may be reconciling already: stop now, not after a graceful shutdown
+    # that could still write. The pod restarts and comes back as a standby.
+    log.critical("lost the leader Lease; exiting so that only one replica reconciles")
+    logging.shutdown()
+    os._exit(1)
+
+
+async def _main(settings: Settings) -> None:
+    # A resync tick may take a while with many objects; liveness waits several intervals.
+    health.HEALTH.stale_after = max(180.0, 6 * settings.resync_seconds)
+    server = await health.serve(settings.liveness_port)
+    elector: Elector | None = None
+    keeper: asyncio.Task[None] | None = None
+    try:
+        if settings.leader_election:
+            elector = Elector(settings.lease_name, settings.lease_namespace, settings.identity,
+                              on_attempt=lambda: health.HEALTH.beat("leader-election"))
+            health.HEALTH.role = health.STANDBY
+            log.info(f"{settings.identity}: standby until it holds the Lease "
+                     f"{settings.lease_namespace}/{settings.lease_name}")
+            await elector.acquire()
+            keeper = asyncio.create_task(elector.keep(on_lost=_lost_lease))
+        health.HEALTH.role = health.ACTIVE
+        await kopf.operator(
+            standalone=True,  # one active replica at a time is the Lease's job
+            clusterwide=settings.namespace is None,
+            namespaces=[settings.namespace] if settings.namespace else [],
+        )
+    finally:
+        if keeper is not None:
+            keeper.cancel()
+        if elector is not None:
+            await elector.release()
+        await server.cleanup()
 
 
 def run(settings: Settings = SETTINGS) -> None:
@@ -41,9 +77,4 @@ def run(settings: Settings = SETTINGS) -> None:
         verbose=False,
         log_format=kopf.LogFormat.JSON if settings.json_logs else kopf.LogFormat.PLAIN,
     )
-    asyncio.run(kopf.operator(
-        standalone=True,
-        clusterwide=settings.namespace is None,
-        namespaces=[settings.namespace] if settings.namespace else [],
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
-    ))
+    asyncio.run(_main(settings))

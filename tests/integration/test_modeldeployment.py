@@ -227,6 +227,41 @@ def test_delete_garbage_collects_inferenceservice(kubectl: Kubectl, namespace: s
              what="the garbage collector to delete the InferenceService")
 
 
+def test_recreated_under_the_same_name_never_adopts_the_old_inferenceservice(
+        kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
+    """Delete and re-create before the old child is gone: the new ModelDeployment must not
+    take over (or overwrite) an InferenceService it does not control. `--cascade=orphan`
+    leaves the old one behind without an owner, which is the same situation held open."""
+    apply(kubectl, namespace, md("iris", {"model": MODEL}))
+    old = wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    kubectl("delete", "modeldeployment", "iris", "-n", namespace, "--cascade=orphan")
+    apply(kubectl, namespace, md("iris", {"model": {**MODEL, "version": "v2"}}))
+
+    def conflict() -> dict[str, Any]:
+        s = md_status(kubectl, namespace, "iris")
+        assert s.get("phase") == "Pending" and "not controlled" in s.get("message", ""), s
+        assert condition(s, "Ready")["reason"] == "NameConflict", s
+        return s
+
+    wait_for(conflict, TIMEOUT, what="a name conflict reported")
+    left = isvc(kubectl, namespace, "iris")
+    assert left is not None and left["metadata"]["uid"] == old["metadata"]["uid"]
+    assert not left["metadata"].get("ownerReferences"), "the orphan was adopted"
+    assert left["metadata"]["annotations"]["slipway.dev/model-version"] == "v1"
+
+    kubectl("delete", "inferenceservice", "iris", "-n", namespace)
+    owner = kubectl.get("modeldeployment", "iris", namespace)
+    assert owner is not None
+
+    def ours() -> dict[str, Any] | None:
+        obj = isvc(kubectl, namespace, "iris")
+        refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+        return obj if [r["uid"] for r in refs] == [owner["metadata"]["uid"]] else None
+
+    new = wait_for(ours, TIMEOUT, what="an InferenceService of the new ModelDeployment")
+    assert new["metadata"]["annotations"]["slipway.dev/model-version"] == "v2"
+
+
 def test_from_trainingjob(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
     apply(kubectl, namespace, md("churn", {"fromTrainingJob": "train", "format": "sklearn",
                                            "protocol": "v2"}))

@@ -5,14 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from slipway.api.common import get_condition, set_condition
-from slipway.builders.inferenceservice import (
-    MODEL_LOADED,
-    MODEL_RESOLVED,
-    READY,
-    VERSION_KEY,
-    mirror_status,
-    transition_events,
-)
+from slipway.builders.inferenceservice import MODEL_LOADED, MODEL_RESOLVED, READY, VERSION_KEY
+from slipway.status.modeldeployment import mirror_status, transition_events
 
 NOW = "2025-01-01T00:00:00Z"
 LATER = "2025-01-01T00:05:00Z"
@@ -123,6 +117,14 @@ def test_apply_rejected_is_failed() -> None:
     assert seen.phase == "Failed" and seen.message == "rejected: bad"
     ready = get_condition(seen.conditions, READY)
     assert ready is not None and ready["reason"] == "InferenceServiceRejected"
+
+
+def test_an_inferenceservice_we_do_not_control_is_a_pending_conflict() -> None:
+    seen = mirror_status(None, resolved(), stopped=False, now=NOW,
+                         conflict="InferenceService m exists and is not controlled by this")
+    assert seen.phase == "Pending" and "not controlled" in seen.message
+    ready = get_condition(seen.conditions, READY)
+    assert ready is not None and ready["reason"] == "NameConflict"
 
 
 def test_still_serving_while_resolution_waits() -> None:

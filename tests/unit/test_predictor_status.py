@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slipway.builders.inferenceservice import mirror_status
+from slipway.status.modeldeployment import mirror_status
 from slipway.status.predictor import predictor_problem
 
 

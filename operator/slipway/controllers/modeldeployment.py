@@ -10,7 +10,6 @@ kopf.TemporaryError in change handlers and a log line in the resync (it comes ba
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +26,12 @@ from slipway.builders.inferenceservice import (
     MODEL_RESOLVED,
     ResolutionError,
     build_inference_service,
-    mirror_status,
     resolve_model,
-    transition_events,
 )
 from slipway.canary import children
 from slipway.config import active
-from slipway.controllers import resync
+from slipway.controllers import common, resync
+from slipway.status.modeldeployment import mirror_status, transition_events
 from slipway.status.predictor import predictor_problem
 
 KIND = "ModelDeployment"
@@ -49,7 +47,6 @@ OWNED = ("phase", "message", "conditions", "observedGeneration", "url", "serving
 # KServe labels every pod of an InferenceService with its name.
 ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
 
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
 _log = logging.getLogger("slipway.modeldeployment")
 
 
@@ -60,10 +57,6 @@ class Outcome:
     phase: str
     message: str
     user_error: bool = False
-
-
-def _lock(namespace: str, name: str) -> asyncio.Lock:
-    return _locks.setdefault((namespace, name), asyncio.Lock())
 
 
 async def _resolve(spec: ModelDeploymentSpec, namespace: str,
@@ -111,10 +104,9 @@ async def canary_pin(namespace: str, name: str, mode: children.Mode) -> children
 async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome | None:
     """Converge one ModelDeployment; None when it is gone. Raises kube.KubeError on API
     faults (the caller decides between TemporaryError and retry-on-next-tick)."""
-    async with _lock(namespace, name):
-        body = await kube.get(API_VERSION, KIND, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            _locks.pop((namespace, name), None)
+    async with common.object_lock(KIND, namespace, name):
+        body = await common.fresh(API_VERSION, KIND, namespace, name)
+        if body is None:
             return None
         generation = body["metadata"].get("generation")
         old = body.get("status") or {}
@@ -148,7 +140,16 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
         apply_error: str | None = None
         default_mode = active().kserve_default_deployment_mode
         pin = await canary_pin(namespace, name, children.mode_of(spec, default_mode))
-        if model is not None or pin is not None:
+        conflict: str | None = None
+        existing = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, name)
+        if existing is not None and not common.owned_by(existing, body):
+            # A deleted predecessor's InferenceService (awaiting garbage collection) or one
+            # somebody else made: never adopt or overwrite it. Its deletion wakes us.
+            conflict = (f"InferenceService {name} exists and is not controlled by this "
+                        "ModelDeployment (a previous one of the same name, still being "
+                        "deleted, or created by someone else); waiting for it to go")
+            existing = None
+        elif model is not None or pin is not None:
             # Under a Canary, the InferenceService serves what the Canary says (the stable
             # version, or the one being promoted); the resolved model starts a rollout.
             served = pin.model if pin else model
@@ -163,15 +164,15 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
                     raise
                 apply_error = f"the InferenceService was rejected: {exc}"
                 user_error = True
-        if isvc is None:  # unresolved or rejected: report on whatever is there now
-            isvc = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, name)
+        if isvc is None:  # unresolved or rejected: report on whatever of ours is there now
+            isvc = existing
 
         problem = None
         if isvc is not None and not spec.stopped:
             pods = await kube.list_objects("v1", "Pod", namespace, f"{ISVC_POD_LABEL}={name}")
             problem = predictor_problem(pods)
         seen = mirror_status(isvc, conditions, spec.stopped, generation, apply_error=apply_error,
-                             pod_problem=problem)
+                             pod_problem=problem, conflict=conflict)
         new = {
             "phase": seen.phase, "message": seen.message, "conditions": seen.conditions,
             "observedGeneration": generation, "url": seen.url,

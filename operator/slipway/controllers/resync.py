@@ -19,12 +19,13 @@ from typing import Any
 
 import kopf
 
-from slipway import kube, metrics
+from slipway import health, kube, metrics
 from slipway.config import active
 
 log = logging.getLogger("slipway.resync")
 
 RECONCILE_TIMEOUT = 60.0  # seconds one object may take within a tick
+LOOP = "resync"  # its name in /healthz
 
 Reconciler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -57,6 +58,7 @@ async def resync_once() -> int:
         for obj in objs:
             if obj["metadata"].get("deletionTimestamp"):
                 continue
+            health.HEALTH.beat(LOOP)
             try:
                 # A stuck object (say a hung API call) must not stall every other one.
                 await asyncio.wait_for(entry.reconcile(obj), RECONCILE_TIMEOUT)
@@ -69,6 +71,7 @@ async def resync_once() -> int:
 
 async def _loop(interval: float) -> None:
     while True:
+        health.HEALTH.beat(LOOP)
         await asyncio.sleep(interval)
         start = time.monotonic()
         try:
@@ -90,6 +93,7 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("resync_task")
+    health.HEALTH.forget(LOOP)
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -65,6 +65,22 @@ class OperatorProcess:
         except OSError:
             return False
 
+    def role(self) -> str | None:
+        """"active" or "standby" (from /readyz); None when it does not answer."""
+        try:
+            url = f"http://127.0.0.1:{self.liveness_port}/readyz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.read().decode().strip()
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node or an OOM kill would: no clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
