@@ -347,6 +347,30 @@ class Cluster:
             time.sleep(0.3)
         raise ClusterError(f"CRDs not Established after {timeout:.0f}s: {pending}")
 
+    def restart(self, name: str, probe: Callable[[], bool], timeout: float = 90.0) -> float:
+        """Stop component *name* (SIGTERM) and start it again with the same command line, as
+        a control-plane upgrade or crash-restart would; returns the seconds it was away."""
+        assert self.state is not None
+        comp = next(c for c in self.state.components if c.name == name)
+        start = time.monotonic()
+        proc = self._procs[name]
+        proc.terminate()
+        try:
+            # kube-apiserver stops listening at once but its process can linger for 30 s.
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self.state.components.remove(comp)
+        again = self.spawn(name, comp.cmdline[1:], binary=comp.cmdline[0])
+        self._wait(again, probe, timeout)
+        return time.monotonic() - start
+
+    def restart_apiserver(self) -> float:
+        """Restart kube-apiserver; returns the seconds until it was ready again."""
+        server = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        return self.restart("kube-apiserver", lambda: self._https_ok(f"{server}/readyz"))
+
     def stop(self) -> None:
         stop_from_state(self.dir)
         self.state = None
