@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PlainValidator
 
 from slipway.api.common import ApiModel, ComputeResources, Condition, CRDInfo, PrinterColumn
 
@@ -84,18 +84,164 @@ class Output(ApiModel):
     format: str | None = Field(None, description="Model format, e.g. sklearn or xgboost.")
 
 
+# The generated training container (builders.trainingjob.CONTAINER): podTemplate entries with
+# this name are merged into it.
+TRAINER_CONTAINER = "trainer"
+# Bounds on the podTemplate lists, so the CEL cost of the rules over them is bounded.
+MAX_POD_CONTAINERS = 32
+MAX_POD_VOLUMES = 256
+MAX_CONTAINER_ITEMS = 256
+MAX_POD_METADATA = 128
+# Label values and qualified names (label and annotation keys), as the API server checks them.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+MAX_QUALIFIED_NAME = 253 + 1 + 63
+
+
+def _keys_rule(what: str) -> dict[str, Any]:
+    return {"rule": f"self.all(k, k.size() <= {MAX_QUALIFIED_NAME} && "
+                    f"k.matches('{QUALIFIED_NAME}'))",
+            "message": f"spec.podTemplate.metadata.{what} keys must be qualified names: an "
+                       "optional DNS subdomain prefix and '/', then up to 63 letters, digits, "
+                       "'-', '_' or '.', starting and ending with a letter or digit"}
+
+
 class PodTemplateMeta(ApiModel):
-    labels: dict[str, str] | None = Field(None, description="Extra pod labels.")
-    annotations: dict[str, str] | None = Field(None, description="Extra pod annotations.")
+    labels: dict[str, str] | None = Field(
+        None, max_length=MAX_POD_METADATA,
+        description="Extra pod labels. Slipway's own labels (slipway.dev/...) win on conflict.",
+        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63,
+                                                    "pattern": LABEL_VALUE},
+                           "x-kubernetes-validations": [_keys_rule("labels")]})
+    annotations: dict[str, str] | None = Field(
+        None, max_length=MAX_POD_METADATA, description="Extra pod annotations.",
+        json_schema_extra={"x-kubernetes-validations": [_keys_rule("annotations")]})
+
+
+class NamedItem(ApiModel):
+    """An item merged by name; its other fields are kept as written."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = Field(min_length=1, description="The key the item is merged on.")
+
+
+class _ContainerBase(ApiModel):
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL,
+                      description="Container name (a DNS label); the key it is merged on.")
+    env: list[NamedItem] | None = Field(
+        None, max_length=MAX_CONTAINER_ITEMS,
+        description="Environment variables, merged by name (yours win).")
+    volume_mounts: list[NamedItem] | None = Field(
+        None, max_length=MAX_CONTAINER_ITEMS,
+        description="Volume mounts, merged by (volume) name.")
+
+
+class PodContainer(_ContainerBase):
+    """A container, merged by name: trainer (the training container) or a sidecar."""
+
+    model_config = _ContainerBase.model_config | {"json_schema_extra": {
+        "x-kubernetes-validations": [
+            {"rule": f"self.name == '{TRAINER_CONTAINER}' || has(self.image)",
+             "message": "spec.podTemplate.spec.containers[].image is required for every "
+                        f"container except {TRAINER_CONTAINER} (whose image is spec.image)",
+             "fieldPath": ".image"},
+            {"rule": f"self.name != '{TRAINER_CONTAINER}' || !has(self.image)",
+             "message": f"the {TRAINER_CONTAINER} container's image is spec.image: set it "
+                        "there, not in spec.podTemplate.spec.containers[].image",
+             "fieldPath": ".image"},
+        ]}}
+
+    image: str | None = Field(
+        None, min_length=1, pattern=r"^\S+$",
+        description=f"Image of a sidecar; required for every container except "
+                    f"{TRAINER_CONTAINER}, whose image is spec.image and is refused here.")
+
+
+class PodInitContainer(_ContainerBase):
+    """An init container (or native sidecar, restartPolicy: Always), merged by name."""
+
+    image: str = Field(min_length=1, pattern=r"^\S+$", description="Container image.")
+
+
+class PodVolume(ApiModel):
+    """A pod volume, merged by name; its source (emptyDir, configMap, ...) is kept as written."""
+
+    model_config = ApiModel.model_config | {"extra": "allow"}
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL,
+                      description="Volume name (a DNS label); the key it is merged on.")
+
+
+class PodSpecOverride(ApiModel):
+    """The fields of a partial PodSpec that Slipway checks; any other PodSpec field is kept as
+    written and merged (maps merge, lists of named items merge by name, else replace)."""
+
+    model_config = ApiModel.model_config | {"extra": "allow", "json_schema_extra": {
+        "x-kubernetes-validations": [
+            {"rule": "!has(self.initContainers) || self.initContainers.all(i, "
+                     f"i.name != '{TRAINER_CONTAINER}' && (!has(self.containers) || "
+                     "!self.containers.exists(c, c.name == i.name)))",
+             "message": "spec.podTemplate.spec.initContainers names must differ from every "
+                        f"container's, {TRAINER_CONTAINER} included",
+             "fieldPath": ".initContainers"},
+        ]}}
+
+    restart_policy: str | None = Field(
+        None,
+        description="Must be Never if set (the default): a failed worker pod is not restarted "
+                    "in place; runPolicy decides whether the group is retried as a new attempt.",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "self == 'Never'",
+             "message": "spec.podTemplate.spec.restartPolicy must be Never: retries are "
+                        "handled by spec.runPolicy (backoffLimit, restartPolicy)"},
+        ]})
+    containers: list[PodContainer] | None = Field(
+        None, max_length=MAX_POD_CONTAINERS,
+        description=f"Containers, merged by name. The training container is named "
+                    f"{TRAINER_CONTAINER} (its image is spec.image); any other name adds a "
+                    "sidecar, which needs an image.",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["name"]})
+    init_containers: list[PodInitContainer] | None = Field(
+        None, max_length=MAX_POD_CONTAINERS,
+        description="Init containers (and native sidecars), merged by name; each needs a name "
+                    "and an image.",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["name"]})
+    volumes: list[PodVolume] | None = Field(
+        None, max_length=MAX_POD_VOLUMES,
+        description="Volumes, merged by name (spec.checkpoint adds one named checkpoint).",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["name"]})
+
+
+def _partial_pod_spec(value: Any) -> dict[str, Any] | None:
+    # The operator keeps the user's PodSpec as the plain dict it merges; the apiserver has
+    # checked it against PodSpecOverride's schema already.
+    if value is not None and not isinstance(value, dict):
+        raise ValueError("spec.podTemplate.spec must be an object")
+    return value
 
 
 class PodTemplate(ApiModel):
     """Escape hatch merged into the generated pod template (volumes, sidecars, ...)."""
 
     metadata: PodTemplateMeta | None = Field(None, description="Extra pod labels/annotations.")
-    spec: dict[str, Any] | None = Field(
-        None, description="A partial PodSpec, merged deterministically: maps merge, lists of "
-                          "named items (containers, volumes, env) merge by name, else replace.")
+    spec: Annotated[dict[str, Any] | None, PlainValidator(
+        _partial_pod_spec, json_schema_input_type=PodSpecOverride | None)] = Field(
+        None,
+        description="A partial PodSpec merged into every worker pod: maps merge, lists of named "
+                    "items (containers, initContainers, volumes, env, volumeMounts, ports) merge "
+                    "by name, anything else replaces the generated value. The training container "
+                    f"is named {TRAINER_CONTAINER}: list it under containers to add env, "
+                    "volumeMounts or resources (its image is spec.image and is refused here); "
+                    "any other container is a sidecar and needs an image. restartPolicy, if "
+                    "set, must be Never. tolerations here replace the generated ones (the GPU "
+                    "toleration included): prefer spec.tolerations.")
 
 
 class TrainingJobSpec(ApiModel):
@@ -139,7 +285,10 @@ class TrainingJobSpec(ApiModel):
                     "until Kueue admits the job.")
     checkpoint: Checkpoint | None = Field(None, description="Volume kept across retries.")
     output: Output | None = Field(None, description="The model artifact this job produces.")
-    pod_template: PodTemplate | None = Field(None, description="Pod template overrides.")
+    pod_template: PodTemplate | None = Field(
+        None, description="Pod template overrides: extra pod labels and annotations, and a "
+                          f"partial PodSpec merged into every worker pod. The training container "
+                          f"is named {TRAINER_CONTAINER}; restartPolicy must be Never.")
 
     @property
     def policy(self) -> RunPolicy:

@@ -39,7 +39,7 @@ from slipway.canary import children, machine
 from slipway.canary.analysis import evaluate
 from slipway.canary.prometheus import PrometheusClient, measure
 from slipway.config import active
-from slipway.controllers import modeldeployment, resync
+from slipway.controllers import common, modeldeployment, resync
 
 KIND = "Canary"
 PLURAL = "canaries"
@@ -221,11 +221,18 @@ async def _delete(api_version: str, kind: str, namespace: str, name: str,
 
 async def _converge(body: dict[str, Any], status: CanaryStatus, mode: children.Mode,
                     md: dict[str, Any], md_spec: ModelDeploymentSpec,
-                    canary_isvc: dict[str, Any] | None, route: dict[str, Any] | None) -> None:
+                    canary_isvc: dict[str, Any] | None, route: dict[str, Any] | None,
+                    foreign: set[str]) -> None:
     """Make the children match the status (in an order that never sends traffic to a backend
-    that is not there: the route goes before the canary, and comes after it)."""
+    that is not there: the route goes before the canary, and comes after it). Children of
+    the same name that another owner controls (*foreign* kinds) are left alone; the canary
+    waits for them to go."""
     namespace, md_name = md["metadata"]["namespace"], md["metadata"]["name"]
     host = children.model_host(md.get("status") or {})
+    if foreign:
+        _log.info(f"Canary {namespace}/{body['metadata']['name']}: waiting for "
+                  f"{', '.join(sorted(foreign))} of a previous owner to be deleted")
+        return
     if children.wants_canary_isvc(status, mode):
         assert status.canary_model is not None
         await kube.apply(children.build_canary_isvc(
@@ -324,6 +331,11 @@ async def reconcile(namespace: str, name: str) -> float | None:
     md_isvc = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, md_name)
     canary_isvc = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace,
                                  children.canary_isvc_name(md_name))
+    foreign: set[str] = set()
+    if canary_isvc is not None and not common.owned_by(canary_isvc, body):
+        # Not ours (a deleted predecessor's, awaiting GC): never judge, adopt or delete it.
+        foreign.add(isvc_builder.KIND)
+        canary_isvc = None
     s = turn.status
     if s.phase == "Initializing" and s.canary_version:
         turn.feed(machine.CanaryReady(children.canary_ready(mode, s.canary_version,
@@ -353,9 +365,12 @@ async def reconcile(namespace: str, name: str) -> float | None:
 
     route = await kube.get(children.ROUTE_API_VERSION, children.ROUTE_KIND, namespace,
                            children.route_name(md_name))
+    if route is not None and not common.owned_by(route, body):
+        foreign.add(children.ROUTE_KIND)
+        route = None
     before = children.pinned(status, mode)  # machine.step worked on a copy
     after = children.pinned(turn.status, mode)
-    await _converge(body, turn.status, mode, md, md_spec, canary_isvc, route)
+    await _converge(body, turn.status, mode, md, md_spec, canary_isvc, route, foreign)
     if before != after or turn.status.phase == "Promoting":
         await modeldeployment.reconcile(namespace, md_name, _log)
     return _next_delay(spec, turn.status, _now())
