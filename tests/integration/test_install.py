@@ -37,8 +37,10 @@ def test_chart_lints_and_renders_hardened_deployment() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["SLIPWAY_PEERING"] == "false" and env["SLIPWAY_NAMESPACE"] == ""
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert "SLIPWAY_PEERING" not in env
+    assert env["SLIPWAY_LEADER_ELECTION"] == "false" and env["SLIPWAY_NAMESPACE"] == ""
     # No wildcard anywhere in the RBAC rules.
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     for rule in role["rules"]:
@@ -79,9 +81,10 @@ def test_operator_works_with_only_the_charts_rbac(cluster: Cluster, kubectl: Kub
     kubeconfig = _sa_kubeconfig(cluster, kubectl, tmp_path / "sa.kubeconfig")
     who = Kubectl(kubectl.binary, kubeconfig)
     assert who("auth", "can-i", "create", "jobs.batch", "-n", namespace).stdout.strip() == "yes"
-    # Pods: list only (why a model server is not serving), nothing that changes them.
-    assert who("auth", "can-i", "list", "pods", "-n", namespace).stdout.strip() == "yes"
-    for verb in ("get", "watch", "delete", "patch", "create"):
+    # Pods: read only (why a model server is not serving, why a worker is Pending).
+    for verb in ("get", "list", "watch"):
+        assert who("auth", "can-i", verb, "pods", "-n", namespace).stdout.strip() == "yes", verb
+    for verb in ("delete", "patch", "create"):
         assert who("auth", "can-i", verb, "pods", "-n", namespace,
                    check=False).stdout.strip() == "no", verb
     assert who("auth", "can-i", "delete", "namespaces", check=False).stdout.strip() == "no"
