@@ -26,6 +26,7 @@ log = logging.getLogger("slipway.resync")
 
 RECONCILE_TIMEOUT = 60.0  # seconds one object may take within a tick
 LOOP = "resync"  # its name in /healthz
+CONCURRENCY = 8  # objects reconciled at once within a tick
 
 Reconciler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -45,9 +46,27 @@ def register(api_version: str, kind: str, reconcile: Reconciler) -> None:
     _REGISTRY.append(_Entry(api_version, kind, reconcile))
 
 
-async def resync_once() -> int:
-    """Reconcile every registered object once; errors are logged, never raised."""
+async def resync_once(concurrency: int = CONCURRENCY) -> int:
+    """Reconcile every registered object once; errors are logged, never raised.
+
+    Objects are reconciled *concurrency* at a time: one tick over a thousand objects must
+    not take a thousand round trips end to end. Each reconcile still takes its object's lock
+    and re-reads it, so a tick never races a handler on the same object."""
     count = 0
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(entry: _Entry, obj: dict[str, Any]) -> bool:
+        async with gate:
+            health.HEALTH.beat(LOOP)
+            try:
+                # A stuck object (say a hung API call) must not stall every other one.
+                await asyncio.wait_for(entry.reconcile(obj), RECONCILE_TIMEOUT)
+                return True
+            except Exception as exc:  # one bad object must not stop the others
+                name = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+                log.warning(f"resync of {entry.kind} {name} failed: {exc}")
+                return False
+
     for entry in _REGISTRY:
         try:
             objs = await kube.list_objects(entry.api_version, entry.kind, active().namespace)
@@ -55,17 +74,9 @@ async def resync_once() -> int:
             log.warning(f"listing {entry.kind} failed, retrying next tick: {exc}")
             continue
         metrics.set_phases(entry.kind, [(o.get("status") or {}).get("phase") for o in objs])
-        for obj in objs:
-            if obj["metadata"].get("deletionTimestamp"):
-                continue
-            health.HEALTH.beat(LOOP)
-            try:
-                # A stuck object (say a hung API call) must not stall every other one.
-                await asyncio.wait_for(entry.reconcile(obj), RECONCILE_TIMEOUT)
-                count += 1
-            except Exception as exc:  # one bad object must not stop the others
-                name = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
-                log.warning(f"resync of {entry.kind} {name} failed: {exc}")
+        live = [o for o in objs if not o["metadata"].get("deletionTimestamp")]
+        done = await asyncio.gather(*(one(entry, o) for o in live))
+        count += sum(done)
     return count
 
 
