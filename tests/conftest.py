@@ -39,7 +39,10 @@ def kube_env(cluster: Cluster) -> Iterator[None]:
 
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    slipway.kube._api = None
+    from kubernetes import config
+
+    # The kubernetes client reads KUBECONFIG once, at import: hand it a client for this one.
+    slipway.kube._api = config.new_client_from_config(str(cluster.kubeconfig))
     yield
     slipway.kube._api = None
     if old is None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import yaml
+from kubernetes import config
 
+import slipway.kube
+from slipway.controllers.trainingjob import reconcile
+from slipway.devcluster import Cluster
 from tests.helpers import Kubectl, OperatorProcess, wait_for
 
 FAST = "2s"  # how long kwok keeps a Job pod Running (slipway.dev/fake-duration)
@@ -87,7 +95,9 @@ def test_torchrun_two_by_eight(kubectl: Kubectl, namespace: str,
         assert env["WORLD_SIZE"]["value"] == "16" and env["PET_NNODES"]["value"] == "2"
         assert env["PET_NPROC_PER_NODE"]["value"] == "8"
         assert env["MASTER_PORT"]["value"] == env["PET_MASTER_PORT"]["value"] == "29500"
-        assert "job-completion-index" in env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert "RANK" not in env  # torchrun sets it for each process
+        assert env["PET_RDZV_ENDPOINT"]["value"] == f"{job}-0.ddp.{namespace}.svc:29500"
         assert pod["spec"]["hostname"] == \
             f"{job}-{pod['metadata']['annotations']['batch.kubernetes.io/job-completion-index']}"
         assert pod["spec"]["subdomain"] == "ddp"
@@ -96,16 +106,20 @@ def test_torchrun_two_by_eight(kubectl: Kubectl, namespace: str,
     wait_phase(kubectl, "ddp", namespace, "Succeeded")
 
 
-def test_failing_job_retries_then_fails(kubectl: Kubectl, namespace: str,
-                                        operator: OperatorProcess) -> None:
+def test_permanent_exit_code_fails_at_once(kubectl: Kubectl, namespace: str,
+                                           operator: OperatorProcess) -> None:
+    """restartPolicy ExitCode (the default): exit codes 1-127 are the program's own verdict,
+    so the job fails at once, with the code in the message, and is not retried."""
     kubectl("apply", "-n", namespace, "-f", "-", input=tj(
         "flaky", runPolicy={"backoffLimit": 2},
         pod_annotations={"slipway.dev/fake-exit": "1", "slipway.dev/fake-duration": "1s"}))
-    st = wait_phase(kubectl, "flaky", namespace, "Failed", timeout=150)
+    st = wait_phase(kubectl, "flaky", namespace, "Failed", timeout=60)
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "BackoffLimitExceeded"
-    assert st["restarts"] == 3  # the first try plus backoffLimit retries
-    wait_event(kubectl, "flaky", namespace, "BackoffLimitExceeded", "Warning")
+    assert failed["reason"] == "ExitCode", failed
+    assert "exit code 1" in st["message"], st["message"]
+    assert st["restarts"] == 0 and st.get("attempt", 0) == 0
+    assert len(kubectl.items("jobs", namespace, "slipway.dev/trainingjob=flaky")) == 1
+    wait_event(kubectl, "flaky", namespace, "ExitCode", "Warning")
 
 
 def test_deadline_exceeded(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> None:
@@ -234,15 +248,134 @@ def test_ttl_deletes_finished_job(kubectl: Kubectl, namespace: str,
 
 def test_unbuildable_spec_fails_cleanly(kubectl: Kubectl, namespace: str,
                                         operator: OperatorProcess) -> None:
-    # Passes the CRD schema (podTemplate.spec is free-form) but the Job API rejects it.
+    # Passes the CRD schema (the PodSpec fields it does not check are kept as written) but
+    # the Job API rejects it.
     kubectl("apply", "-n", namespace, "-f", "-", input=tj(
-        "broken", podTemplate={"spec": {"restartPolicy": "Always"}}))
+        "broken", podTemplate={"spec": {"dnsPolicy": "Bogus"}}))
     st = wait_phase(kubectl, "broken", namespace, "Failed", timeout=60)
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "BuildFailed" and "restartPolicy" in failed["message"]
+    assert failed["reason"] == "BuildFailed" and "dnsPolicy" in failed["message"]
     wait_event(kubectl, "broken", namespace, "BuildFailed", "Warning")
     # Fixing the spec recovers it.
     kubectl("patch", "tj", "broken", "-n", namespace, "--type=json", "-p", json.dumps(
         [{"op": "remove", "path": "/spec/podTemplate/spec"}]))
     wait_phase(kubectl, "broken", namespace, "Succeeded")
     assert operator.proc is not None and operator.proc.poll() is None
+
+
+@pytest.fixture
+def in_process_client(cluster: Cluster) -> Iterator[None]:
+    """Point slipway.kube, in this test process, at the test cluster. (The kubernetes client
+    reads KUBECONFIG once, at import, so setting the variable later is not enough.)"""
+    slipway.kube._api = config.new_client_from_config(str(cluster.kubeconfig))
+    yield
+    slipway.kube._api = None
+
+
+def stays(fn: Callable[[], Any], seconds: float, what: str) -> None:
+    """Check *fn* (asserts) again and again for *seconds*: a state that must hold, not come."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fn()
+        except AssertionError as exc:
+            raise AssertionError(f"{what}: {exc}") from exc
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)
+
+
+def _jobs(kubectl: Kubectl, name: str, ns: str) -> list[dict[str, Any]]:
+    return kubectl.items("jobs", ns, f"slipway.dev/trainingjob={name}")
+
+
+def _image(job: dict[str, Any]) -> str:
+    return str(job["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def test_stale_snapshot_cannot_undo_a_suspend(kubectl: Kubectl, namespace: str,
+                                              operator: OperatorProcess,
+                                              in_process_client: None) -> None:
+    """The resync loop and Job events hand reconcile() a LIST snapshot that may predate the
+    user's last edit; reconciling from it must not resume the job or bring back the old
+    image (reconcile re-reads the object under its lock)."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj(
+        "stale", pod_annotations={"slipway.dev/fake-duration": "300s"}))
+    wait_phase(kubectl, "stale", namespace, "Running")
+    snapshot = kubectl.get("tj", "stale", namespace)
+    assert snapshot is not None
+    kubectl("patch", "tj", "stale", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    wait_phase(kubectl, "stale", namespace, "Queued")
+    kubectl("patch", "tj", "stale", "-n", namespace, "--type=merge",
+            "-p", '{"spec":{"image":"trainer:2"}}')  # allowed while suspended
+
+    def settled() -> list[dict[str, Any]]:
+        jobs = _jobs(kubectl, "stale", namespace)
+        assert [(_image(j), j["spec"]["suspend"]) for j in jobs] == [("trainer:2", True)], jobs
+        return jobs
+
+    before = wait_for(settled, 60, what="one suspended Job with the new image")
+
+    asyncio.run(reconcile(snapshot))  # as the resync loop would, with the old copy
+
+    jobs = _jobs(kubectl, "stale", namespace)
+    assert not [j for j in jobs if not j["spec"]["suspend"]], "a stale reconcile resumed it"
+    assert {_image(j) for j in jobs} == {"trainer:2"}, [_image(j) for j in jobs]
+    assert [j["metadata"]["uid"] for j in jobs] == [before[0]["metadata"]["uid"]]
+
+
+def test_reapplied_name_does_not_adopt_an_orphaned_job(kubectl: Kubectl, namespace: str,
+                                                       operator: OperatorProcess) -> None:
+    """A TrainingJob deleted with --cascade=orphan leaves its Job (labels kept, owner
+    stripped). A new TrainingJob of the same name must neither adopt it (and report its old
+    result) nor delete it: it waits for the name, then runs a Job of its own."""
+    manifest = tj("again", workers=2, distributed={})
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    old = wait_phase(kubectl, "again", namespace, "Succeeded")
+    old_job = kubectl.get("job", old["jobName"], namespace) or {}
+    kubectl("delete", "tj", "again", "-n", namespace, "--cascade=orphan", "--wait=true")
+    wait_for(lambda: not (kubectl.get("job", old["jobName"], namespace) or {}).get(
+        "metadata", {}).get("ownerReferences"), 30, what="the orphaned Job to lose its owner")
+
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+    def waiting() -> dict[str, Any]:
+        st = status(kubectl, "again", namespace)
+        assert st.get("phase") == "Pending" and old["jobName"] in st.get("message", ""), st
+        return st
+
+    st = wait_for(waiting, 30, what="the name conflict to be reported")
+    running = next(c for c in st["conditions"] if c["type"] == "Running")
+    assert running["reason"] == "NameConflict", running
+    # Over more than one resync: still waiting, the orphan neither adopted nor deleted.
+    stays(waiting, 4, "the job to keep waiting")
+    kept = kubectl.get("job", old["jobName"], namespace) or {}
+    assert kept["metadata"]["uid"] == old_job["metadata"]["uid"]
+    assert [r for _, r, _ in events(kubectl, "again", namespace)].count("NameConflict") == 1
+
+    kubectl("delete", "job", old["jobName"], "-n", namespace, "--wait=true")
+    new = wait_phase(kubectl, "again", namespace, "Succeeded")
+    tj_uid = (kubectl.get("tj", "again", namespace) or {})["metadata"]["uid"]
+    job = kubectl.get("job", new["jobName"], namespace) or {}
+    assert job["metadata"]["uid"] != old_job["metadata"]["uid"]
+    assert [r["uid"] for r in job["metadata"]["ownerReferences"]] == [tj_uid]
+    svc = kubectl.get("service", "again", namespace) or {}
+    assert [r["uid"] for r in svc["metadata"]["ownerReferences"]] == [tj_uid]
+
+
+def test_unschedulable_worker_is_pending_not_running(kubectl: Kubectl, namespace: str,
+                                                     operator: OperatorProcess) -> None:
+    """Job.status.active counts Pending pods too: a worker the scheduler cannot place must
+    leave the job Pending, with the scheduler's reason and message."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj("huge", gpusPerWorker=9))
+
+    def unschedulable() -> dict[str, Any]:
+        st = status(kubectl, "huge", namespace)
+        running = next((c for c in st.get("conditions") or [] if c["type"] == "Running"), {})
+        assert st.get("phase") == "Pending" and running.get("reason") == "Unschedulable", st
+        return st
+
+    st = wait_for(unschedulable, 60, what="Pending/Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in st["message"], st["message"]
+    stays(unschedulable, 4, "a resync or two later it still says so")

@@ -8,10 +8,12 @@ import pytest
 
 from slipway.api.trainingjob import TrainingJobSpec
 from slipway.builders.trainingjob import (
+    ATTEMPT_LABEL,
     QUEUE_LABEL,
     BuildError,
     build_job,
     build_service,
+    job_attempt,
     job_output,
     resolve_output,
     spec_hash,
@@ -66,8 +68,13 @@ def test_torchrun_indexed_job_env_and_headless_service() -> None:
     assert env["WORLD_SIZE"] == "16"
     assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "8"
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    for var in ("RANK", "NODE_RANK", "PET_NODE_RANK"):
+    for var in ("NODE_RANK", "PET_NODE_RANK"):
         assert env[var]["fieldRef"]["fieldPath"] == index
+    # torchrun sets RANK for each process it starts; a pod-wide RANK would be the node index.
+    assert "RANK" not in env
+    assert env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_ENDPOINT"] == f"{name}-0.bert.ml.svc:29500"
+    assert env["PET_RDZV_ID"] == "u-1-0" and env["PET_MAX_RESTARTS"] == "0"
     assert job["spec"]["template"]["spec"]["subdomain"] == "bert"
     svc = build_service(s, TJ)
     assert svc is not None
@@ -88,7 +95,8 @@ def test_run_policy_queue_and_checkpoint() -> None:
     s = spec(queue="team-a", runPolicy={"backoffLimit": 2, "activeDeadlineSeconds": 600},
              checkpoint={"claimName": "ckpt"})
     job = build_job(s, TJ, suspend=True)
-    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["activeDeadlineSeconds"] == 600
+    # Retries are group restarts made by the operator: the Job itself never retries a pod.
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 600
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"][QUEUE_LABEL] == "team-a"
     pod = job["spec"]["template"]["spec"]
@@ -167,3 +175,34 @@ def test_user_env_wins_over_output_env() -> None:
     assert env["SLIPWAY_OUTPUT_VERSION"] == "v3"
     assert job_output({"metadata": {}}) is None
     assert job_output({"metadata": {"annotations": {"slipway.dev/output": "not json"}}}) is None
+
+
+def test_any_trainer_failure_fails_the_attempt_but_disruptions_do_not() -> None:
+    job = build_job(spec(workers=2, distributed={}), TJ, suspend=False)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {"action": "FailJob", "onExitCodes": {
+        "containerName": "trainer", "operator": "NotIn", "values": [0]}}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+def test_attempts_get_their_own_job_with_the_same_template_hash() -> None:
+    s = spec(workers=2, gpusPerWorker=8, distributed={})
+    first = build_job(s, TJ, suspend=False)
+    second = build_job(s, TJ, suspend=False, attempt=2)
+    name = first["metadata"]["name"]
+    assert second["metadata"]["name"] == f"{name}-a2"
+    assert name == f"bert-{spec_hash(s, TJ)[:5]}"  # attempt 0: the name Jobs always had
+    assert first["metadata"]["annotations"] == second["metadata"]["annotations"]
+    assert (job_attempt(first), job_attempt(second)) == (0, 2)
+    assert second["spec"]["template"]["metadata"]["labels"][ATTEMPT_LABEL] == "2"
+    env = env_of(second)
+    assert env["PET_RDZV_ID"] == "u-1-2"
+    assert env["MASTER_ADDR"] == f"{name}-a2-0.bert.ml.svc"
+    assert env["PET_RDZV_ENDPOINT"] == f"{name}-a2-0.bert.ml.svc:29500"
+    assert job_attempt({"metadata": {}}) == 0  # a Job made before attempts were recorded
+
+
+def test_user_env_wins_over_the_rendezvous_id() -> None:
+    s = spec(workers=2, distributed={}, env=[{"name": "PET_RDZV_ID", "value": "mine"}])
+    assert env_of(build_job(s, TJ, suspend=False, attempt=1))["PET_RDZV_ID"] == "mine"

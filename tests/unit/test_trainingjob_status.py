@@ -6,7 +6,14 @@ import datetime as dt
 from typing import Any
 
 from slipway.api.trainingjob import RunPolicy, TrainingJobSpec
-from slipway.status.trainingjob import build_failed, is_final, observe, ttl_expired
+from slipway.status.trainingjob import (
+    Verdict,
+    build_failed,
+    is_final,
+    observe,
+    restarting,
+    ttl_expired,
+)
 
 NOW = "2026-01-01T00:10:00Z"
 
@@ -21,6 +28,20 @@ def job(active: int = 0, failed: int = 0, suspend: bool = False,
     return {"metadata": {"name": "t-abcde"}, "spec": {"suspend": suspend},
             "status": {"active": active, "failed": failed, "conditions": conditions or [],
                        **status}}
+
+
+def pod(index: int = 0, phase: str = "Pending", *, unschedulable: str | None = None,
+        waiting: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A worker pod as the kubelet and scheduler report it."""
+    status: dict[str, Any] = {"phase": phase, "conditions": []}
+    if unschedulable:
+        status["conditions"].append({"type": "PodScheduled", "status": "False",
+                                     "reason": "Unschedulable", "message": unschedulable})
+    if waiting:
+        status["containerStatuses"] = [{"name": "trainer", "ready": False, "state": {
+            "waiting": {"reason": waiting[0], "message": waiting[1]}}}]
+    return {"metadata": {"name": f"t-abcde-{index}-xyz12", "annotations": {
+        "batch.kubernetes.io/job-completion-index": str(index)}}, "status": status}
 
 
 SPEC = TrainingJobSpec.model_validate({"image": "i", "workers": 2, "gpusPerWorker": 8,
@@ -39,18 +60,71 @@ def test_no_job_is_pending() -> None:
 
 
 def test_running_then_event_only_on_transition() -> None:
-    obs = observe(SPEC, tj({"phase": "Pending"}), job(active=2, startTime="2026-01-01T00:00:00Z"),
-                  None, NOW)
+    obs = observe(SPEC, tj({"phase": "Pending"}),
+                  job(active=2, ready=2, startTime="2026-01-01T00:00:00Z"), None, NOW)
     assert obs.status["phase"] == "Running"
     assert cond(obs.status, "Running")["status"] == "True"
     assert obs.status["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
     assert [e.reason for e in obs.events] == ["Running"]
-    # A later observation: lastTransitionTime does not move while the status stays the same
-    # (a different "now", so a condition rewritten on every pass would show it).
+    # A later observation with a different "now": lastTransitionTime holds while the
+    # condition's status stays the same (a condition rewritten on every pass would move).
     later = "2026-01-01T00:20:00Z"
-    again = observe(SPEC, tj(obs.status), job(active=2), None, later)
+    again = observe(SPEC, tj(obs.status), job(active=2, ready=2), None, later)
     assert again.events == []
     assert cond(again.status, "Running")["lastTransitionTime"] == NOW
+    assert cond(again.status, "Created")["lastTransitionTime"] == NOW
+    # ...and moves to the new "now" when the status flips.
+    latest = "2026-01-01T00:30:00Z"
+    done = observe(SPEC, tj(again.status), job(succeeded=2, conditions=[
+        {"type": "Complete", "status": "True"}]), None, latest)
+    assert cond(done.status, "Running")["status"] == "False"
+    assert cond(done.status, "Running")["lastTransitionTime"] == latest
+    assert cond(done.status, "Succeeded")["lastTransitionTime"] == latest
+    assert cond(done.status, "Created")["lastTransitionTime"] == NOW
+
+
+def test_active_pods_that_are_not_running_are_pending() -> None:
+    # Job.status.active counts Pending pods too: 2 active, 1 ready is not Running.
+    obs = observe(SPEC, tj({"phase": "Pending"}), job(active=2, ready=1), None, NOW,
+                  pods=[pod(0, "Running"), pod(1)])
+    assert obs.status["phase"] == "Pending"
+    assert cond(obs.status, "Running")["reason"] == "WaitingForPods"
+    assert obs.status["message"] == "1/2 worker(s) running"
+    assert obs.events == []
+    # Running pods count even before the Job has counted them ready; finished ones too.
+    obs = observe(SPEC, tj(), job(active=1, succeeded=1), None, NOW, pods=[pod(0, "Running")])
+    assert obs.status["phase"] == "Running"
+
+
+def test_unschedulable_worker_reports_the_scheduler_message_once() -> None:
+    message = "0/6 nodes are available: 4 Insufficient nvidia.com/gpu."
+    pods = [pod(0, "Running"), pod(1, unschedulable=message)]
+    obs = observe(SPEC, tj({"phase": "Pending"}), job(active=2, ready=1), None, NOW, pods=pods)
+    assert obs.status["phase"] == "Pending"
+    assert cond(obs.status, "Running")["reason"] == "Unschedulable"
+    assert message in obs.status["message"] and "worker 1" in obs.status["message"]
+    assert [(e.type, e.reason) for e in obs.events] == [("Warning", "Unschedulable")]
+    again = observe(SPEC, tj(obs.status), job(active=2, ready=1), None, NOW, pods=pods)
+    assert again.events == []
+
+
+def test_image_pull_and_config_errors_come_from_the_container_state() -> None:
+    for reason, message in [
+            ("ImagePullBackOff", 'Back-off pulling image "trainer:nope"'),
+            ("ErrImagePull", "rpc error: manifest unknown"),
+            ("CrashLoopBackOff", "back-off 5m0s restarting failed container"),
+            ("CreateContainerConfigError", 'secret "hf-token" not found')]:
+        pods = [pod(0, waiting=(reason, message)), pod(1, waiting=(reason, message))]
+        obs = observe(SPEC, tj(), job(active=2), None, NOW, pods=pods)
+        assert obs.status["phase"] == "Pending", reason
+        assert cond(obs.status, "Running")["reason"] == reason
+        assert message in obs.status["message"] and "worker 0" in obs.status["message"]
+        assert [(e.type, e.reason) for e in obs.events] == [("Warning", reason)]
+    # Normal progress (ContainerCreating) is not a problem to warn about.
+    obs = observe(SPEC, tj(), job(active=2), None, NOW,
+                  pods=[pod(0, waiting=("ContainerCreating", "")), pod(1)])
+    assert cond(obs.status, "Running")["reason"] == "WaitingForPods"
+    assert [e.reason for e in obs.events] == ["Pending"]
 
 
 def test_suspended_user_vs_kueue() -> None:
@@ -76,22 +150,48 @@ def test_succeeded_reports_output_and_duration() -> None:
 
 
 def test_failed_takes_reason_from_job_and_warns() -> None:
+    # The Job's own failure time, not the time of this observation, is the completion time.
+    failed_at = "2026-01-01T00:07:00Z"
     failed = job(failed=3, conditions=[{"type": "Failed", "status": "True",
-                                        "reason": "BackoffLimitExceeded",
-                                        "message": "Job has reached the specified backoff limit",
-                                        "lastTransitionTime": NOW}])
-    obs = observe(SPEC, tj({"phase": "Running", "restarts": 3}), failed, None, NOW)
+                                        "reason": "DeadlineExceeded",
+                                        "message": "Job was active longer than specified",
+                                        "lastTransitionTime": failed_at}])
+    obs = observe(SPEC, tj({"phase": "Running"}), failed, None, NOW)
     assert obs.status["phase"] == "Failed"
-    assert cond(obs.status, "Failed")["reason"] == "BackoffLimitExceeded"
-    assert [(e.type, e.reason) for e in obs.events] == [("Warning", "BackoffLimitExceeded")]
-    assert obs.status["completionTime"] == NOW
+    assert cond(obs.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert [(e.type, e.reason) for e in obs.events] == [("Warning", "DeadlineExceeded")]
+    assert obs.status["completionTime"] == failed_at
 
 
-def test_restart_event_when_failures_grow() -> None:
-    obs = observe(SPEC, tj({"phase": "Running", "restarts": 0}), job(active=2, failed=1), None,
-                  NOW)
-    assert [e.reason for e in obs.events] == ["Restarting"]
-    assert obs.status["restarts"] == 1
+def test_failed_with_a_verdict_reports_it() -> None:
+    failed = job(conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                              "lastTransitionTime": NOW}])
+    verdict = Verdict(False, "ExitCode", "worker 1 exited with exit code 1")
+    obs = observe(SPEC, tj({"phase": "Running", "attempt": 1}), failed, None, NOW,
+                  attempt=1, verdict=verdict)
+    assert (obs.status["phase"], obs.status["message"]) == ("Failed", verdict.message)
+    assert cond(obs.status, "Failed")["reason"] == "ExitCode"
+    assert (obs.status["attempt"], obs.status["restarts"]) == (1, 1)
+
+
+def test_restarting_starts_the_next_attempt_with_one_warning() -> None:
+    verdict = Verdict(True, "Restarting", "worker 1 exited with exit code 137; restarting")
+    obs = restarting(SPEC, tj({"phase": "Running", "attempt": 0}), verdict, 1, NOW)
+    assert (obs.status["attempt"], obs.status["restarts"]) == (1, 1)
+    assert obs.status["phase"] == "Pending"
+    assert cond(obs.status, "Running")["reason"] == "Restarting"
+    assert [(e.type, e.reason, e.message) for e in obs.events] == [
+        ("Warning", "Restarting", verdict.message)]
+
+
+def test_name_conflict_waits_with_one_warning() -> None:
+    msg = "waiting for Job t-abcde of a previous TrainingJob with this name to be deleted"
+    obs = observe(SPEC, tj(), None, None, NOW, waiting=("NameConflict", msg))
+    assert obs.status["phase"] == "Pending" and obs.status["message"] == msg
+    assert cond(obs.status, "Running")["reason"] == "NameConflict"
+    assert [(e.type, e.reason) for e in obs.events] == [("Warning", "NameConflict")]
+    again = observe(SPEC, tj(obs.status), None, None, NOW, waiting=("NameConflict", msg))
+    assert again.events == []
 
 
 def test_build_failed_warns_once_per_generation_and_final_until_edited() -> None:
@@ -129,7 +229,7 @@ def test_fixing_a_build_failure_clears_failed_and_success_is_final() -> None:
     broken = build_failed(tj(generation=1), "bad podTemplate", NOW)
     assert not is_final(tj(broken.status, generation=2))  # edited: retried
     # Fixed at generation 2: the Job runs and completes.
-    running = observe(spec, tj(broken.status, generation=2), job(active=1), None, NOW)
+    running = observe(spec, tj(broken.status, generation=2), job(active=1, ready=1), None, NOW)
     assert cond(running.status, "Failed")["status"] == "False"
     done = observe(spec, tj(running.status, generation=2), job(
         conditions=[{"type": "Complete", "status": "True"}]), None, NOW)

@@ -15,6 +15,8 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 SPEC_HASH_ANNOTATION = "slipway.dev/spec-hash"
+# On the Job and its pods: which attempt (group restart) of the TrainingJob this is, from 0.
+ATTEMPT_LABEL = "slipway.dev/attempt"
 # The model output this attempt was told to write (JSON of uri, version, format).
 OUTPUT_ANNOTATION = "slipway.dev/output"
 OUTPUT_ENV = {"uri": "SLIPWAY_OUTPUT_URI", "version": "SLIPWAY_OUTPUT_VERSION",
@@ -29,10 +31,21 @@ def service_name(tj_name: str) -> str:
     return tj_name
 
 
-def job_name(tj_name: str, spec_hash: str) -> str:
+def job_name(tj_name: str, spec_hash: str, attempt: int = 0) -> str:
     # The pod template of a Job is immutable, so a changed template (allowed only
-    # while suspended or before it runs) gets a new, still deterministic, Job.
-    return f"{tj_name}-{spec_hash[:5]}"
+    # while suspended or before it runs) gets a new, still deterministic, Job. Each group
+    # restart is a new Job too; attempt 0 keeps the name Jobs had before attempts existed.
+    base = f"{tj_name}-{spec_hash[:5]}"
+    return base if attempt == 0 else f"{base}-a{attempt}"
+
+
+def job_attempt(job: dict[str, Any]) -> int:
+    """The attempt a Job runs (0 for Jobs made before attempts were recorded)."""
+    raw = ((job.get("metadata") or {}).get("labels") or {}).get(ATTEMPT_LABEL, "0")
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        return 0
 
 
 def _env(spec: TrainingJobSpec, tj_name: str, namespace: str, job: str) -> list[dict[str, Any]]:
@@ -43,18 +56,28 @@ def _env(spec: TrainingJobSpec, tj_name: str, namespace: str, job: str) -> list[
         index = {"valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
         nproc = str(spec.nproc_per_node)
+        # As Kubeflow's training operator does: MASTER_*/WORLD_SIZE for code that reads them,
+        # PET_* for torchrun (which reads PET_<FLAG> as --<flag>). No RANK: torchrun sets RANK,
+        # LOCAL_RANK and WORLD_SIZE for each process it starts; a pod-wide RANK would be the
+        # node index, wrong for every process but the first. WORLD_SIZE is the same total
+        # torchrun computes. The rendezvous is c10d on worker 0, with an ID per attempt
+        # (PET_RDZV_ID, added in build_job) so no straggler of an old attempt can join.
+        # PET_MAX_RESTARTS=0: torchrun does not restart its workers in place; any failure
+        # ends the pod, fails the attempt's Job, and the operator restarts the whole group.
         env += [
             {"name": "MASTER_ADDR", "value": master},
             {"name": "MASTER_PORT", "value": port},
             {"name": "WORLD_SIZE", "value": str(spec.workers * spec.nproc_per_node)},
             {"name": "NNODES", "value": str(spec.workers)},
             {"name": "NODE_RANK", **index},
-            {"name": "RANK", **index},
             {"name": "PET_NNODES", "value": str(spec.workers)},
             {"name": "PET_NPROC_PER_NODE", "value": nproc},
             {"name": "PET_NODE_RANK", **index},
             {"name": "PET_MASTER_ADDR", "value": master},
             {"name": "PET_MASTER_PORT", "value": port},
+            {"name": "PET_RDZV_BACKEND", "value": "c10d"},
+            {"name": "PET_RDZV_ENDPOINT", "value": f"{master}:{port}"},
+            {"name": "PET_MAX_RESTARTS", "value": "0"},
         ]
     if spec.checkpoint:
         env.append({"name": "CHECKPOINT_DIR", "value": spec.checkpoint.mount_path})
@@ -142,41 +165,64 @@ def spec_hash(spec: TrainingJobSpec, tj: dict[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:10]
 
 
-def build_job(spec: TrainingJobSpec, tj: dict[str, Any], *, suspend: bool) -> dict[str, Any]:
-    """The batch/v1 Job. *suspend* is decided by the controller (user, Kueue)."""
+def _add_env(template: dict[str, Any], values: dict[str, str]) -> None:
+    """Append *values* to the trainer's env after hashing; a variable the user set wins."""
+    for container in template["spec"]["containers"]:
+        if container.get("name") == CONTAINER:
+            given = {e.get("name") for e in container.get("env") or []}
+            container["env"] = [*(container.get("env") or []), *(
+                {"name": k, "value": v} for k, v in values.items() if k not in given)]
+
+
+def failure_policy() -> dict[str, Any]:
+    """Any failure of a worker's trainer fails the attempt's Job at once: a replacement pod
+    could not rejoin the running group's rendezvous, so the operator restarts the whole group
+    instead (or fails the job, by runPolicy.restartPolicy). Preempted or evicted pods
+    (DisruptionTarget) are replaced by the Job as before, without failing it."""
+    return {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
+                                              "values": [0]}},
+    ]}
+
+
+def build_job(spec: TrainingJobSpec, tj: dict[str, Any], *, suspend: bool,
+              attempt: int = 0) -> dict[str, Any]:
+    """The batch/v1 Job of one attempt. *suspend* is decided by the controller (user, Kueue)."""
     digest = spec_hash(spec, tj)
-    name = job_name(tj["metadata"]["name"], digest)
+    name = job_name(tj["metadata"]["name"], digest, attempt)
     policy = spec.policy
     template = pod_template(spec, tj, name)
     annotations = {SPEC_HASH_ANNOTATION: digest}
+    # What differs per attempt (the rendezvous ID, the attempt label) and the output below
+    # are added after hashing, so neither a restart nor a generation bump alone (suspend,
+    # resume) changes the hash: attempt 0 keeps its name.
+    template["metadata"]["labels"][ATTEMPT_LABEL] = str(attempt)
+    if spec.distributed:
+        _add_env(template, {"PET_RDZV_ID": f"{tj['metadata']['uid']}-{attempt}"})
     # The output is resolved once, here, and handed to the trainer: the version it writes is
-    # the version status reports, whatever later edits do to metadata.generation. It stays out
-    # of the hash, so a generation bump alone (suspend, resume) never replaces the Job.
+    # the version status reports, whatever later edits do to metadata.generation.
     output = resolve_output(spec, tj)
     if output:
         annotations[OUTPUT_ANNOTATION] = json.dumps(output, sort_keys=True)
-        for container in template["spec"]["containers"]:
-            if container.get("name") == CONTAINER:
-                given = {e.get("name") for e in container.get("env") or []}
-                container["env"] = [*(container.get("env") or []), *(
-                    {"name": var, "value": output[key]} for key, var in OUTPUT_ENV.items()
-                    if key in output and var not in given)]
-    labels = {QUEUE_LABEL: spec.queue} if spec.queue else {}
+        _add_env(template, {var: output[key] for key, var in OUTPUT_ENV.items()
+                            if key in output})
+    labels = {ATTEMPT_LABEL: str(attempt)}
+    if spec.queue:
+        labels[QUEUE_LABEL] = spec.queue
     job_spec: dict[str, Any] = {
-        "backoffLimit": policy.backoff_limit,
+        # The operator owns retries (runPolicy.backoffLimit counts group restarts).
+        "backoffLimit": 0,
         "completions": spec.workers,
         "parallelism": spec.workers,
         "suspend": suspend,
         "template": template,
+        "podFailurePolicy": failure_policy(),
     }
     if spec.distributed:
         job_spec["completionMode"] = "Indexed"
     if policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    # Preempted or evicted pods (DisruptionTarget) do not use up the retry budget.
-    job_spec["podFailurePolicy"] = {"rules": [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-    ]}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -1,14 +1,21 @@
 """TrainingJob handlers: parse, build, apply, observe, write status.
 
 Level-based: create/update/resume, the operator-wide resync and every event of an owned
-Job all run the same idempotent `reconcile()`. Finished jobs are never re-run.
+Job all run the same idempotent `reconcile()`, which re-reads the TrainingJob under its lock
+and only looks at the Jobs it controls (by owner UID). Finished jobs are never re-run.
+
+Attempts: every Job runs one attempt of the whole worker group. Its podFailurePolicy fails it
+as soon as any worker fails; the operator then judges the failure (exit code and
+runPolicy.restartPolicy) and either fails the TrainingJob or starts the next attempt as a new
+Job. The attempt number lives in status.attempt and on each Job (label slipway.dev/attempt);
+the larger of the two wins, so it survives a lost status write. The status that starts an
+attempt is written before its Job is created, and Job names are deterministic per attempt, so
+an operator crash between the steps neither skips an attempt nor runs one twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from collections import defaultdict
 from typing import Any
 
 import kopf
@@ -22,38 +29,58 @@ from slipway.builders.trainingjob import (
     BuildError,
     build_job,
     build_service,
+    job_attempt,
     job_output,
     resolve_output,
 )
 from slipway.controllers import resync
+from slipway.controllers.common import controller_uid, fresh, object_lock, owned, owned_by
 from slipway.events import emit
 from slipway.status.trainingjob import (
     Observation,
+    Verdict,
     build_failed,
+    failure_from_job,
+    failure_from_pods,
     is_final,
     job_condition,
+    judge,
     observe,
+    restarting,
+    running_workers,
     ttl_expired,
 )
 
 KIND = "TrainingJob"
 LABEL = "slipway.dev/trainingjob"
-_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+PENDING_EDIT = "spec changes apply after suspend and resume"
+
+
+class Blocked(Exception):
+    """A child's name is taken by an object this TrainingJob does not control: wait."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def _transient(exc: kube.KubeError) -> bool:
     return exc.status in (0, 409, 429) or exc.status >= 500
 
 
-async def _write(tj: dict[str, Any], obs: Observation) -> None:
+async def _write(tj: dict[str, Any], obs: Observation) -> dict[str, Any]:
+    """Patch the status fields that changed and post the events; returns the new object."""
     meta = tj["metadata"]
     old = tj.get("status") or {}
     changed = {k: v for k, v in obs.status.items() if old.get(k) != v}
+    result = None
     if changed:
-        await kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"], {"status": changed},
-                         subresource="status")
+        result = await kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"],
+                                  {"status": changed}, subresource="status")
     for ev in obs.events:
         emit(tj, ev.type, ev.reason, ev.message)
+    return result or {**tj, "status": {**old, **changed}}
 
 
 def _desired_suspend(spec: TrainingJobSpec, current: dict[str, Any] | None) -> bool | None:
@@ -66,16 +93,66 @@ def _desired_suspend(spec: TrainingJobSpec, current: dict[str, Any] | None) -> b
     return False
 
 
-async def _jobs(namespace: str, name: str) -> list[dict[str, Any]]:
-    return await kube.list_objects("batch/v1", "Job", namespace, f"{LABEL}={name}")
+def _finished(job: dict[str, Any]) -> bool:
+    return job_condition(job, "Complete", "Failed") is not None
+
+
+async def _jobs(tj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Jobs this TrainingJob controls. Same-named leftovers of a deleted predecessor (or
+    orphans) carry the label too, but not this object's UID."""
+    meta = tj["metadata"]
+    found = await kube.list_objects("batch/v1", "Job", meta["namespace"],
+                                    f"{LABEL}={meta['name']}")
+    return owned(found, tj)
+
+
+async def _pods(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of *job* (by the Job controller's label, then by owner UID)."""
+    meta = job["metadata"]
+    found = await kube.list_objects("v1", "Pod", meta["namespace"],
+                                    f"{JOB_NAME_LABEL}={meta['name']}")
+    return owned(found, job)
+
+
+def current_attempt(tj: dict[str, Any], jobs: list[dict[str, Any]]) -> int:
+    recorded = int((tj.get("status") or {}).get("attempt") or 0)
+    return max([recorded, *(job_attempt(j) for j in jobs)])
+
+
+def _pick(jobs: list[dict[str, Any]], desired: dict[str, Any], attempt: int
+          ) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
+    """(the Job of this attempt to observe, a note for the status, the Jobs to delete)."""
+    mine = [j for j in jobs if job_attempt(j) == attempt]
+    current = next((j for j in mine if j["metadata"]["name"] == desired["metadata"]["name"]),
+                   None)
+    note = None
+    if current is None:
+        # The pod template changed (it is immutable, so the desired Job has another name).
+        # A running Job keeps running until suspend and resume; one that already finished
+        # is this attempt's outcome, which a later edit must not erase by re-running it.
+        running = [j for j in mine if not j["spec"].get("suspend") and not _finished(j)]
+        done = [j for j in mine if _finished(j)]
+        if running:
+            current, note = running[0], PENDING_EDIT
+        elif done:
+            current = done[0]
+    # The failed Job of the previous attempt is kept, so the failed worker's logs can still
+    # be read (kubectl logs) while the next attempt runs; older ones go.
+    keep = {id(current)} | {id(j) for j in jobs if job_attempt(j) == attempt - 1
+                            and _finished(j)}
+    return current, note, [j for j in jobs if id(j) not in keep]
 
 
 async def reconcile(tj: dict[str, Any]) -> None:
+    """Reconcile the TrainingJob *tj* names. *tj* may be an old copy (a LIST in the resync
+    loop, a Job event): the object is read again under the lock and only that copy is used."""
     meta = tj["metadata"]
-    key = (meta["namespace"], meta["name"])
-    async with _locks[key]:
+    async with object_lock(KIND, meta["namespace"], meta["name"]):
+        current = await fresh(API_VERSION, KIND, meta["namespace"], meta["name"])
+        if current is None:
+            return
         with metrics.RECONCILE_SECONDS.labels(KIND).time():
-            await _reconcile(tj)
+            await _reconcile(current)
 
 
 async def _reconcile(tj: dict[str, Any]) -> None:
@@ -93,62 +170,130 @@ async def _reconcile(tj: dict[str, Any]) -> None:
             await kube.delete(API_VERSION, KIND, meta["namespace"], meta["name"])
         return
 
-    jobs = await _jobs(meta["namespace"], meta["name"])
+    jobs = await _jobs(tj)
+    attempt = current_attempt(tj, jobs)
     try:
-        desired = build_job(spec, tj, suspend=False)
+        desired = build_job(spec, tj, suspend=False, attempt=attempt)
         service = build_service(spec, tj)
     except BuildError as exc:
         await _write(tj, build_failed(tj, str(exc), now))
         return
 
-    current = next((j for j in jobs if j["metadata"]["name"] == desired["metadata"]["name"]), None)
-    note = None
-    for old in jobs:
-        if old is current:
-            continue
-        if current is None and not old.get("spec", {}).get("suspend") and not _finished(old):
-            # The pod template changed while running: keep the running Job.
-            current, note = old, "spec changes apply after suspend and resume"
-            continue
+    current, note, stale = _pick(jobs, desired, attempt)
+    for old in stale:
         await kube.delete("batch/v1", "Job", meta["namespace"], old["metadata"]["name"])
 
-    if service:
-        await kube.apply(service)
-    if current is None:
-        desired["spec"]["suspend"] = bool(_desired_suspend(spec, None))
-        try:
-            current = await kube.create(desired)
-        except kube.KubeError as exc:
-            if _transient(exc):
-                raise
-            await _write(tj, build_failed(tj, f"the Job was rejected: {exc}", now))
+    try:
+        if service:
+            await _ensure_service(service, tj)
+        if current is None:
+            current = await _create(spec, tj, desired)
+        else:
+            # Also while a template change waits for suspend/resume: the Job kept running
+            # still takes the mutable fields, suspend above all (else the change could never
+            # apply).
+            current = await _converge(spec, desired, current)
+    except Blocked as blocked:
+        await _write(tj, observe(spec, tj, None, None, now, attempt=attempt,
+                                 waiting=("NameConflict", blocked.message)))
+        return
+    except BuildError as exc:
+        await _write(tj, build_failed(tj, str(exc), now))
+        return
+
+    verdict = None
+    if job_condition(current, "Failed"):
+        verdict = await _judge(spec, current, attempt)
+        if verdict.retry:
+            tj = await _write(tj, restarting(spec, tj, verdict, attempt + 1, now))
+            await _reconcile(tj)  # creates the next attempt's Job now, not at the next resync
             return
-        emit(tj, "Normal", "Created", f"created Job {desired['metadata']['name']}")
-    else:
-        # Also while a template change waits for suspend/resume: the Job kept running still
-        # takes the mutable fields, suspend above all (else the change could never apply).
-        current = await _converge(spec, desired, current)
 
+    pods = await _pods(current) if _waiting_for_workers(spec, current) else []
     output = job_output(current) or resolve_output(spec, tj)
-    await _write(tj, observe(spec, tj, current, output, now, note))
+    await _write(tj, observe(spec, tj, current, output, now, note, pods=pods, attempt=attempt,
+                             verdict=verdict))
 
 
-def _finished(job: dict[str, Any]) -> bool:
-    return job_condition(job, "Complete", "Failed") is not None
+def _waiting_for_workers(spec: TrainingJobSpec, job: dict[str, Any]) -> bool:
+    """Whether the Job's pods must be read to tell Running from Pending (and why)."""
+    if _finished(job) or job["spec"].get("suspend"):
+        return False
+    return running_workers(job, []) < spec.workers
+
+
+async def _judge(spec: TrainingJobSpec, job: dict[str, Any], attempt: int) -> Verdict:
+    """The verdict on the failed Job of *attempt*: the failed worker comes from the Job's
+    FailJob message, or else from its pods."""
+    failure = failure_from_job(job) or failure_from_pods(await _pods(job))
+    return judge(spec, job, failure, restarts=attempt)
+
+
+def _taken(kind: str, obj: dict[str, Any]) -> Blocked:
+    name = obj["metadata"]["name"]
+    ref = next((r for r in obj["metadata"].get("ownerReferences") or []
+                if r.get("controller")), None)
+    if ref is None:
+        return Blocked(f"waiting for {kind} {name} of a previous TrainingJob with this name to "
+                       f"be deleted: it has no owner, so nothing deletes it for you "
+                       f"(kubectl delete {kind.lower()} {name})")
+    if ref.get("kind") == KIND:
+        return Blocked(f"waiting for {kind} {name} of a previous TrainingJob with this name to "
+                       "be deleted")
+    return Blocked(f"{kind} {name} is controlled by {ref.get('kind')} {ref.get('name')}; "
+                   "waiting for it to be deleted")
+
+
+async def _create(spec: TrainingJobSpec, tj: dict[str, Any],
+                  desired: dict[str, Any]) -> dict[str, Any]:
+    """Create the attempt's Job; an existing one of ours (an earlier pass) is used as is."""
+    desired["spec"]["suspend"] = bool(_desired_suspend(spec, None))
+    meta = desired["metadata"]
+    try:
+        job = await kube.create(desired)
+    except kube.KubeError as exc:
+        if exc.status == 409:
+            existing = await kube.get("batch/v1", "Job", meta["namespace"], meta["name"])
+            if existing is None:
+                raise  # deleted meanwhile: try again
+            if owned_by(existing, tj):
+                return existing
+            raise _taken("Job", existing) from exc
+        if _transient(exc):
+            raise
+        raise BuildError(f"the Job was rejected: {exc}") from exc
+    emit(tj, "Normal", "Created", f"created Job {meta['name']}")
+    return job
+
+
+async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
+    """Apply the headless Service, unless its name belongs to someone else. A Service of ours
+    orphaned by a deleted predecessor (no owner, our labels) is adopted: it holds no state."""
+    meta = service["metadata"]
+    existing = await kube.get("v1", "Service", meta["namespace"], meta["name"])
+    if existing is not None and not owned_by(existing, tj):
+        labels = existing["metadata"].get("labels") or {}
+        orphan_of_ours = controller_uid(existing) is None and \
+            labels.get(LABEL) == tj["metadata"]["name"]
+        if not orphan_of_ours:
+            raise _taken("Service", existing)
+    await kube.apply(service)
 
 
 async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
                     current: dict[str, Any]) -> dict[str, Any]:
-    """Patch the mutable fields of an existing Job that drifted from the spec."""
+    """Patch the mutable fields of an existing Job that drifted from the spec. backoffLimit is
+    not one: it is 0 on every attempt's Job (the operator owns retries), and Jobs made before
+    attempts existed keep the limit they were made with."""
     if _finished(current):
         return current
     patch: dict[str, Any] = {}
     suspend = _desired_suspend(spec, current)
     if suspend is not None and bool(current["spec"].get("suspend")) != suspend:
         patch["suspend"] = suspend
-    for field in ("activeDeadlineSeconds", "backoffLimit"):
-        if current["spec"].get(field) != desired["spec"].get(field):
-            patch[field] = desired["spec"].get(field)
+    if current["spec"].get("activeDeadlineSeconds") != desired["spec"].get(
+            "activeDeadlineSeconds"):
+        patch["activeDeadlineSeconds"] = desired["spec"].get("activeDeadlineSeconds")
     labels = current["metadata"].get("labels") or {}
     want_queue = desired["metadata"]["labels"].get(QUEUE_LABEL)
     body: dict[str, Any] = {}
@@ -199,17 +344,28 @@ resync.register(API_VERSION, KIND, _resync)
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL: kopf.PRESENT})
 async def job_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
-    """Reflect every change of an owned Job into its TrainingJob's status at once."""
+    """Reflect every change of an owned Job into its TrainingJob's status at once.
+
+    The Job is mapped to its TrainingJob by the controller ownerReference's UID: a Job left
+    by a deleted TrainingJob of the same name is not the new one's. When such a Job (or an
+    orphan) goes away, the same-named TrainingJob is reconciled too: it may be waiting for
+    the name."""
     meta = body["metadata"]
-    owner = next((o for o in meta.get("ownerReferences", []) if o.get("kind") == KIND), None)
-    if owner is None:
+    ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if ref is not None and ref.get("kind") == KIND:
+        name, uid = ref["name"], ref.get("uid")
+    elif type == "DELETED":
+        name, uid = (meta.get("labels") or {}).get(LABEL), None
+    else:
         return
-    tj = await kube.get(API_VERSION, KIND, meta["namespace"], owner["name"])
-    if tj is None or tj["metadata"].get("deletionTimestamp"):
+    if not name:
         return
-    if is_final(tj):
-        return
-    try:
+    try:  # an API outage is logged; the resync loop catches up afterwards
+        tj = await fresh(API_VERSION, KIND, meta["namespace"], name)
+        if tj is None or is_final(tj):
+            return
+        if tj["metadata"].get("uid") != uid and type != "DELETED":
+            return
         await reconcile(tj)
     except kube.KubeError as exc:
-        logger.warning(f"could not reconcile {owner['name']} after a Job event: {exc}")
+        logger.warning(f"could not reconcile {name} after a Job event: {exc}")

@@ -1,16 +1,31 @@
-"""Derive a TrainingJob's status from its batch/v1 Job. Pure: no I/O."""
+"""Derive a TrainingJob's status from its batch/v1 Job and the Job's pods, and judge a failed
+attempt (restart the group, or fail). Pure: no I/O."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from slipway.api.common import get_condition, set_condition
 from slipway.api.trainingjob import TrainingJobSpec
+from slipway.builders.trainingjob import CONTAINER
 
 FINAL = ("Succeeded", "Failed")
 BUILD_FAILED = "BuildFailed"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# Why a worker pod is stuck before running, as the kubelet reports it in
+# containerStatuses[].state.waiting.reason. Other waiting reasons (ContainerCreating,
+# PodInitializing) are normal progress.
+STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+                 "CreateContainerConfigError", "CreateContainerError")
+# Pending reasons that are a problem to tell the user about (a Warning Event), not progress.
+WARN_PENDING = (*STUCK_REASONS, "Unschedulable", "NameConflict")
+# The Job controller's message for a FailJob podFailurePolicy rule (pod_failure_policy.go).
+_FAIL_JOB_MESSAGE = re.compile(r"Container (?P<container>\S+) for pod (?P<ns>[^/\s]+)/"
+                               r"(?P<pod>\S+) failed with exit code (?P<code>-?\d+)")
 
 
 @dataclass
@@ -24,6 +39,32 @@ class Event:
 class Observation:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """The worker whose failure ended an attempt, as far as it is known."""
+
+    exit_code: int | None = None
+    pod: str | None = None
+    index: str | None = None  # the completion index of a distributed job's worker
+
+    def describe(self) -> str:
+        who = f"worker {self.index}" if self.index is not None else "the worker"
+        if self.pod:
+            who += f" (pod {self.pod})"
+        if self.exit_code is None:
+            return f"{who} failed"
+        return f"{who} exited with exit code {self.exit_code}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a failed attempt means: restart the group (retry) or fail with reason/message."""
+
+    retry: bool
+    reason: str
+    message: str
 
 
 def job_condition(job: dict[str, Any], *types: str) -> dict[str, Any] | None:
@@ -47,9 +88,138 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def _pod_index(pod: dict[str, Any], job_name: str | None) -> str | None:
+    meta = pod.get("metadata") or {}
+    index = (meta.get("annotations") or {}).get(INDEX_ANNOTATION)
+    if index is None and job_name:  # a pod named by the FailJob message: <job>-<index>-<rand>
+        found = re.fullmatch(rf"{re.escape(job_name)}-(\d+)-[a-z0-9]+", meta.get("name", ""))
+        index = found.group(1) if found else None
+    return None if index is None else str(index)
+
+
+def _worker(pod: dict[str, Any]) -> str:
+    index = _pod_index(pod, None)
+    return f"worker {index}" if index is not None else f"pod {pod['metadata'].get('name')}"
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            return ((cs.get("state") or {}).get("terminated")) or None
+    return None
+
+
+def failure_from_job(job: dict[str, Any]) -> WorkerFailure | None:
+    """The failed worker named in the Job's Failed (or FailureTarget) condition, when a
+    FailJob rule of its podFailurePolicy ended it."""
+    cond = job_condition(job, "Failed", "FailureTarget") or {}
+    found = _FAIL_JOB_MESSAGE.search(cond.get("message") or "")
+    if not found:
+        return None
+    pod = found.group("pod")
+    index = _pod_index({"metadata": {"name": pod}}, job["metadata"]["name"]) \
+        if job.get("spec", {}).get("completionMode") == "Indexed" else None
+    return WorkerFailure(int(found.group("code")), pod, index)
+
+
+def failure_from_pods(pods: Sequence[dict[str, Any]]) -> WorkerFailure | None:
+    """The first worker (by finish time) whose trainer container exited non-zero, else the
+    first Failed pod (which never ran its container: no exit code)."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    exited = [(t, p) for p in failed if (t := _terminated(p)) and t.get("exitCode")]
+    if exited:
+        term, pod = min(exited, key=lambda tp: str(tp[0].get("finishedAt") or ""))
+        return WorkerFailure(int(term["exitCode"]), pod["metadata"]["name"],
+                             _pod_index(pod, None))
+    if failed:
+        return WorkerFailure(None, failed[0]["metadata"]["name"], _pod_index(failed[0], None))
+    return None
+
+
+def retriable(restart_policy: str, exit_code: int | None) -> bool:
+    """Whether a worker failure may restart the group (runPolicy.restartPolicy)."""
+    if restart_policy == "Never":
+        return False
+    if restart_policy == "OnFailure" or exit_code is None:
+        return True  # no exit code: the pod never ran or was lost, not the program's verdict
+    return exit_code >= 128  # ExitCode: 128+ are signals (OOM kill, SIGTERM); 1-127 the program
+
+
+def judge(spec: TrainingJobSpec, job: dict[str, Any], failure: WorkerFailure | None,
+          restarts: int) -> Verdict:
+    """What the failed Job of an attempt means for the TrainingJob; *restarts* were used."""
+    failed = job_condition(job, "Failed") or {}
+    if failed.get("reason") == "DeadlineExceeded":  # the deadline is never retried
+        return Verdict(False, "DeadlineExceeded",
+                       failed.get("message") or "the job ran past activeDeadlineSeconds")
+    what = failure.describe() if failure else (failed.get("message") or "a worker failed")
+    policy = spec.policy
+    code = failure.exit_code if failure else None
+    if not retriable(policy.restart_policy, code):
+        if policy.restart_policy == "Never":
+            return Verdict(False, "WorkerFailed", f"{what}; restartPolicy Never: not retried")
+        return Verdict(False, "ExitCode", f"{what}: exit codes 1-127 are permanent failures "
+                                          "under restartPolicy ExitCode, not retried")
+    if restarts >= policy.backoff_limit:
+        return Verdict(False, "BackoffLimitExceeded",
+                       f"{what}; {restarts} of backoffLimit {policy.backoff_limit} group "
+                       "restart(s) used")
+    return Verdict(True, "Restarting",
+                   f"{what}; restarting all {spec.workers} worker(s) as attempt {restarts + 1} "
+                   f"(restart {restarts + 1} of backoffLimit {policy.backoff_limit})")
+
+
+def pending_reason(pods: Sequence[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why worker pods are not running, from the first (by worker index) that says so: the
+    scheduler's verdict, or a container stuck waiting (image pull, config error...)."""
+    def order(pod: dict[str, Any]) -> tuple[int, str]:
+        index = _pod_index(pod, None)
+        return (int(index) if index is not None else 0, pod["metadata"].get("name", ""))
+
+    for pod in sorted(pods, key=order):
+        st = pod.get("status") or {}
+        for cond in st.get("conditions") or []:
+            if (cond.get("type"), cond.get("status"), cond.get("reason")) == \
+                    ("PodScheduled", "False", "Unschedulable"):
+                return "Unschedulable", f"{_worker(pod)} cannot be scheduled: " \
+                                        f"{cond.get('message') or 'no node fits'}"
+        for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                detail = waiting.get("message") or waiting["reason"]
+                return waiting["reason"], f"{_worker(pod)}, container {cs.get('name')}: {detail}"
+    return None
+
+
+def running_workers(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
+    """Workers running or done. Job.status.active also counts Pending pods, so it is not used:
+    ready pods, or the pods' own phase when the caller looked at them."""
+    js = job.get("status") or {}
+    running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
+                  and not p["metadata"].get("deletionTimestamp"))
+    return max(js.get("ready") or 0, running) + (js.get("succeeded") or 0)
+
+
+def restarting(spec: TrainingJobSpec, tj: dict[str, Any], verdict: Verdict, attempt: int,
+               now: str) -> Observation:
+    """The status that starts attempt *attempt* (written before its Job is created, so a crash
+    in between resumes the same attempt instead of skipping or repeating one)."""
+    generation = tj["metadata"].get("generation")
+    conds = set_condition(list((tj.get("status") or {}).get("conditions") or []), "Running",
+                          False, "Restarting", verdict.message, generation, now)
+    status = {"phase": "Pending", "message": verdict.message, "conditions": conds,
+              "attempt": attempt, "restarts": attempt, "observedGeneration": generation}
+    return Observation(status, [Event("Warning", "Restarting", verdict.message)])
+
+
 def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | None,
-            output: dict[str, str] | None, now: str, note: str | None = None) -> Observation:
-    """The new status of *tj* given its current Job (None when not created yet)."""
+            output: dict[str, str] | None, now: str, note: str | None = None, *,
+            pods: Sequence[dict[str, Any]] = (), attempt: int = 0,
+            verdict: Verdict | None = None,
+            waiting: tuple[str, str] | None = None) -> Observation:
+    """The new status of *tj* given its current attempt's Job (None when not created yet),
+    that Job's pods (only needed while it waits for workers), the verdict on a failed Job,
+    and, with no Job, why it is waiting (reason, message)."""
     old = dict(tj.get("status") or {})
     generation = tj["metadata"].get("generation")
     conds: list[dict[str, Any]] = list(old.get("conditions") or [])
@@ -57,6 +227,8 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "gpus": spec.workers * spec.gpus_per_worker,
+        "attempt": attempt,
+        "restarts": attempt,  # each attempt after the first is one group restart
     }
     if spec.distributed:
         status["serviceName"] = tj["metadata"]["name"]
@@ -66,15 +238,15 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
         conds = set_condition(conds, type_, value, reason, message, generation, now)
 
     if job is None:
-        phase, reason, message = "Pending", "Creating", "creating the Job"
+        phase = "Pending"
+        reason, message = waiting or ("Creating", "creating the Job")
     else:
         js = job.get("status") or {}
         status.update(
             jobName=job["metadata"]["name"],
             workers={"active": js.get("active", 0), "succeeded": js.get("succeeded", 0),
                      "failed": js.get("failed", 0)},
-            restarts=js.get("failed", 0),
-            startTime=js.get("startTime") or old.get("startTime"),
+            startTime=old.get("startTime") or js.get("startTime"),
         )
         cond("Created", True, "JobCreated", f"Job {job['metadata']['name']} created")
         done = job_condition(job, "Complete")
@@ -86,8 +258,10 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
             status["completionTime"] = js.get("completionTime") or done.get(
                 "lastTransitionTime") or now
         elif failed:
-            phase, reason = "Failed", failed.get("reason") or "JobFailed"
-            message = failed.get("message") or "the Job failed"
+            phase = "Failed"
+            verdict = verdict or Verdict(False, failed.get("reason") or "JobFailed",
+                                         failed.get("message") or "the Job failed")
+            reason, message = verdict.reason, verdict.message
             status["completionTime"] = failed.get("lastTransitionTime") or now
         elif suspended:
             phase = "Queued"
@@ -95,24 +269,23 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
                 reason, message = "Suspended", "suspended by spec.runPolicy.suspend"
             else:
                 reason, message = "WaitingForAdmission", f"waiting for Kueue queue {spec.queue}"
-        elif js.get("active", 0) > 0:
+        elif (running := running_workers(job, pods)) >= spec.workers:
             phase, reason = "Running", "JobRunning"
-            message = f"{js.get('active', 0)}/{spec.workers} worker(s) active"
+            message = f"{spec.workers}/{spec.workers} worker(s) running"
         else:
-            phase, reason, message = "Pending", "WaitingForPods", "waiting for worker pods"
-
-        restarts, before = js.get("failed", 0), old.get("restarts") or 0
-        if restarts > before and phase not in FINAL:
-            events.append(Event("Warning", "Restarting",
-                                f"{restarts} worker failure(s) of backoffLimit "
-                                f"{spec.policy.backoff_limit}; retrying"))
+            phase = "Pending"
+            reason, message = pending_reason(pods) or (
+                "WaitingForPods", f"{running}/{spec.workers} worker(s) running")
         cond("Suspended", phase == "Queued", reason if phase == "Queued" else "NotSuspended",
              message if phase == "Queued" else "")
 
     if note:
         message = f"{message}; {note}"
+    before = (get_condition(conds, "Running") or {}).get("reason")
     if phase == "Running":
         cond("Running", True, reason, message)
+    elif phase == "Pending":
+        cond("Running", False, reason, message)  # why it is not running yet, for machines
     else:
         cond("Running", False, phase, "")
     if phase == "Succeeded":
@@ -131,7 +304,10 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
         status["duration"] = format_duration((end - start).total_seconds())
     status.update(phase=phase, message=message, conditions=conds)
 
-    if phase != old.get("phase"):
+    if phase == "Pending" and reason in WARN_PENDING:
+        if reason != before:  # one Warning when the problem appears, not one per pass
+            events.append(Event("Warning", reason, message))
+    elif phase != old.get("phase"):
         kind = "Warning" if phase == "Failed" else "Normal"
         events.append(Event(kind, reason if phase == "Failed" else phase, message))
     return Observation(status, events)
