@@ -322,3 +322,125 @@ def test_trainingjob_without_format_is_a_user_error(kubectl: Kubectl, namespace:
     wait_for(lambda: any(t == "Warning" and r == "FormatUnknown"
                          for t, r, _ in events(kubectl, namespace, "noformat")),
              TIMEOUT, what="Warning event FormatUnknown")
+
+
+def test_pass_through_fields_reach_the_inferenceservice(kubectl: Kubectl, namespace: str,
+                                                       operator: OperatorProcess) -> None:
+    """Every KServe pass-through field lands on the predictor as written, and KServe's own
+    defaulting and validating webhooks accept the result."""
+    kubectl("create", "serviceaccount", "model-reader", "-n", namespace)
+    tolerations = [{"key": "dedicated", "operator": "Equal", "value": "inference",
+                    "effect": "NoSchedule"},
+                   {"key": "spot", "operator": "Exists", "effect": "NoExecute",
+                    "tolerationSeconds": 60}]
+    affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 50, "preference": {"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["inference"]}]}}]}}
+    env = [{"name": "WORKERS", "value": "2"},
+           {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    logger = {"url": f"http://payload-logger.{namespace}.svc.cluster.local", "mode": "all"}
+    apply(kubectl, namespace, md("iris", {
+        "model": MODEL,
+        "serviceAccountName": "model-reader",
+        "nodeSelector": {"pool": "inference"},
+        "tolerations": tolerations,
+        "affinity": affinity,
+        "env": env,
+        "labels": {"team": "search"},
+        "annotations": {"example.com/owner": "search"},
+        "timeout": 45,
+        "containerConcurrency": 3,
+        "logger": logger,
+        "resources": {"cpu": 2, "memory": 1073741824, "requests": {"cpu": "500m"}},
+    }))
+    obj = wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    assert obj["spec"]["predictor"]["model"].pop("name") == ""
+    assert obj["spec"] == {"predictor": {
+        "serviceAccountName": "model-reader",
+        "nodeSelector": {"pool": "inference"},
+        "tolerations": tolerations,
+        "affinity": affinity,
+        "labels": {"team": "search", "slipway.dev/model-format": "sklearn",
+                   "slipway.dev/model-version": "v1"},
+        "annotations": {"example.com/owner": "search"},
+        "timeout": 45,
+        "containerConcurrency": 3,
+        "logger": logger,
+        "model": {
+            "modelFormat": {"name": "sklearn"},
+            "runtime": "slipway-sklearn",
+            "storageUri": "s3://models/iris/v1",
+            "protocolVersion": "v1",
+            "env": [{"name": "MODEL_VERSION", "value": "v1"}, *env],
+            "resources": {"requests": {"cpu": "500m", "memory": "1073741824"},
+                          "limits": {"cpu": "2", "memory": "1073741824"}},
+        },
+    }}
+    status = md_status(kubectl, namespace, "iris")
+    assert condition(status, "SpecSupported") == {}, status
+    assert status.get("phase") != "Failed", status
+
+
+def test_knative_metric_in_the_default_standard_mode(kubectl: Kubectl, namespace: str,
+                                                     operator: OperatorProcess) -> None:
+    """No spec.deploymentMode, and the operator's default (SLIPWAY_KSERVE_DEPLOYMENT_MODE) is
+    Standard: rps cannot apply. Condition + Warning Event + Failed; the InferenceService is
+    deployed without the metric. Switching to cpu clears it."""
+    apply(kubectl, namespace, md("iris", {"model": MODEL, "replicas": {"min": 1, "max": 2},
+                                          "autoscaling": {"metric": "rps", "target": 20}}))
+
+    def reported() -> dict[str, Any]:
+        s = md_status(kubectl, namespace, "iris")
+        assert s.get("phase") == "Failed", s
+        cond = condition(s, "SpecSupported")
+        assert (cond.get("status"), cond.get("reason")) == ("False", "MetricNeedsKnative"), s
+        return s
+
+    status = wait_for(reported, TIMEOUT, what="SpecSupported=False MetricNeedsKnative")
+    assert status["message"].startswith("spec.autoscaling.metric rps needs Knative mode")
+    assert "SLIPWAY_KSERVE_DEPLOYMENT_MODE" in status["message"]
+    obj = wait_for(lambda: isvc(kubectl, namespace, "iris"), TIMEOUT, what="InferenceService")
+    pred = obj["spec"]["predictor"]
+    assert "scaleMetric" not in pred and "scaleTarget" not in pred
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (1, 2)
+    assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    wait_for(lambda: [r for t, r, _ in events(kubectl, namespace, "iris") if t == "Warning"]
+             == ["MetricNeedsKnative"], TIMEOUT, what="one Warning Event MetricNeedsKnative")
+
+    patch_spec(kubectl, namespace, "iris", {"autoscaling": {"metric": "cpu", "target": 60}})
+
+    def fixed() -> bool:
+        s = md_status(kubectl, namespace, "iris")
+        assert condition(s, "SpecSupported").get("status") == "True", s
+        assert s.get("phase") != "Failed", s
+        current = isvc(kubectl, namespace, "iris")
+        assert current is not None
+        assert current["spec"]["predictor"].get("scaleMetric") == "cpu", current["spec"]
+        return True
+
+    wait_for(fixed, TIMEOUT, what="SpecSupported=True after switching to cpu")
+
+
+def test_knative_cpu_metric_passes_kserves_webhook(kubectl: Kubectl, namespace: str) -> None:
+    """KServe's webhook refuses cpu/memory in Knative mode under the default KPA class; the
+    builder adds Knative's HPA class, which it accepts (server-side dry run: the admission
+    webhooks run, KServe's controller never sees it)."""
+    from slipway.api.modeldeployment import ModelDeploymentSpec
+    from slipway.builders.inferenceservice import (
+        KNATIVE_CLASS_ANNOTATION,
+        build_inference_service,
+        resolve_model,
+    )
+
+    spec = ModelDeploymentSpec.model_validate({
+        "model": MODEL, "deploymentMode": "Knative",
+        "autoscaling": {"metric": "cpu", "target": 70}})
+    parent = {"apiVersion": "slipway.dev/v1alpha1", "kind": "ModelDeployment",
+              "metadata": {"name": "iris", "namespace": namespace, "uid": "0"}}
+    manifest = build_inference_service(spec, parent, resolve_model(spec), "Standard")
+    manifest["metadata"].pop("ownerReferences")
+    kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(manifest))
+    manifest["metadata"]["annotations"].pop(KNATIVE_CLASS_ANNOTATION)
+    proc = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(manifest),
+                   check=False)
+    assert proc.returncode != 0 and "not a supported metric" in proc.stderr, proc.stderr

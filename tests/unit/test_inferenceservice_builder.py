@@ -9,12 +9,16 @@ import pytest
 from slipway.api.modeldeployment import ModelDeploymentSpec, ResolvedModel
 from slipway.builders.inferenceservice import (
     DEPLOYMENT_MODE_ANNOTATION,
+    KNATIVE_CLASS_ANNOTATION,
+    KNATIVE_HPA_CLASS,
+    METRIC_NEEDS_KNATIVE,
     STOP_ANNOTATION,
     VERSION_KEY,
     ResolutionError,
     build_inference_service,
     default_version,
     resolve_model,
+    unsupported,
 )
 
 MD = {"apiVersion": "slipway.dev/v1alpha1", "kind": "ModelDeployment",
@@ -177,7 +181,7 @@ def test_unsafe_version_is_annotation_only() -> None:
     (tj_body("Failed", message="OOMKilled"), "TrainingJobFailed", False),
     (tj_body("Succeeded"), "TrainingJobHasNoOutput", True),
     (tj_body("Succeeded", {"uri": "s3://m", "version": "v1"}), "FormatUnknown", True),
-    (tj_body("Succeeded", {"uri": "s3://m", "version": "v1", "format": "onnx"}),
+    (tj_body("Succeeded", {"uri": "s3://m", "version": "v1", "format": "pmml"}),
      "UnsupportedFormat", True),
     (tj_body("Succeeded", {"uri": "ftp://m", "version": "v1", "format": "sklearn"}),
      "UnsupportedURI", True),
@@ -195,3 +199,180 @@ def test_failed_trainingjob_message_carries_its_reason() -> None:
     spec = ModelDeploymentSpec.model_validate({"fromTrainingJob": "train"})
     with pytest.raises(ResolutionError, match="OOMKilled"):
         resolve_model(spec, tj_body("Failed", message="OOMKilled"))
+
+
+def test_onnx_runs_on_slipway_onnx() -> None:
+    isvc = build({"model": {"format": "onnx", "uri": "hf://org/model", "version": "v1"}})
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "onnx"} and model["runtime"] == "slipway-onnx"
+    assert model["storageUri"] == "hf://org/model"
+    spec = ModelDeploymentSpec.model_validate({"fromTrainingJob": "train"})
+    resolved = resolve_model(spec, tj_body("Succeeded", {"uri": "s3://m", "version": "v1",
+                                                         "format": "onnx"}))
+    assert resolved.runtime == "slipway-onnx"
+
+
+@pytest.mark.parametrize("uri", ["http://host/m.joblib", "https://host/m.joblib",
+                                 "hf://org/repo", "s3://b/k", "gs://b/k", "pvc://c/p",
+                                 "file:///m"])
+def test_every_kserve_scheme_is_passed_through(uri: str) -> None:
+    isvc = build({"model": {"format": "sklearn", "uri": uri}})
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == uri
+    spec = ModelDeploymentSpec.model_validate({"fromTrainingJob": "train"})
+    assert resolve_model(spec, tj_body("Succeeded", {"uri": uri, "version": "v1",
+                                                     "format": "sklearn"})).uri == uri
+
+
+def test_unsupported_uri_message_lists_the_schemes() -> None:
+    spec = ModelDeploymentSpec.model_validate({"fromTrainingJob": "train"})
+    with pytest.raises(ResolutionError) as info:
+        resolve_model(spec, tj_body("Succeeded", {"uri": "ftp://m", "version": "v1",
+                                                  "format": "sklearn"}))
+    assert "hf://" in info.value.message and "http://" in info.value.message
+
+
+# --- pass-through fields ------------------------------------------------------------------
+
+MODEL = {"format": "sklearn", "uri": "s3://models/iris/v1", "version": "v1"}
+
+
+def predictor(extra: dict[str, Any], mode: str = "Standard") -> dict[str, Any]:
+    out: dict[str, Any] = build({"model": MODEL, **extra}, mode=mode)["spec"]["predictor"]
+    return out
+
+
+def test_service_account_name() -> None:
+    assert predictor({"serviceAccountName": "s3-reader"})["serviceAccountName"] == "s3-reader"
+    assert "serviceAccountName" not in predictor({})
+
+
+def test_node_selector() -> None:
+    pred = predictor({"nodeSelector": {"pool": "inference", "zone": "a"}})
+    assert pred["nodeSelector"] == {"pool": "inference", "zone": "a"}
+
+
+def test_tolerations_follow_the_gpu_toleration() -> None:
+    mine = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    assert predictor({"tolerations": [mine]})["tolerations"] == [mine]
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    # the user's copy of the GPU toleration is not repeated
+    assert predictor({"gpus": 1, "tolerations": [gpu, mine]})["tolerations"] == [gpu, mine]
+    noexec = {"key": "spot", "operator": "Exists", "effect": "NoExecute",
+              "tolerationSeconds": 30}
+    assert predictor({"tolerations": [noexec]})["tolerations"] == [noexec]
+
+
+def test_affinity() -> None:
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["inference"]}]}]}},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}}
+    assert predictor({"affinity": affinity})["affinity"] == affinity
+    assert "affinity" not in predictor({"affinity": {}})
+
+
+def test_env_follows_model_version() -> None:
+    env = [{"name": "WORKERS", "value": "4"},
+           {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}]
+    assert predictor({"env": env})["model"]["env"] == [
+        {"name": "MODEL_VERSION", "value": "v1"}, *env]
+
+
+def test_env_cannot_override_model_version() -> None:
+    pred = predictor({"env": [{"name": "MODEL_VERSION", "value": "evil"}]})
+    assert pred["model"]["env"] == [{"name": "MODEL_VERSION", "value": "v1"}]
+
+
+def test_labels_and_annotations_slipway_wins() -> None:
+    pred = predictor({
+        "labels": {"team": "search", "slipway.dev/model-version": "evil",
+                   "app.kubernetes.io/managed-by": "me"},
+        "annotations": {"prometheus.io/scrape": "true", "slipway.dev/x": "y",
+                        "serving.kserve.io/storage-initializer-sourceuri": "s3://evil"}})
+    assert pred["labels"] == {"team": "search", "slipway.dev/model-format": "sklearn",
+                              VERSION_KEY: "v1"}
+    assert pred["annotations"] == {"prometheus.io/scrape": "true"}
+    assert "annotations" not in predictor({})
+
+
+def test_timeout_container_concurrency_and_logger() -> None:
+    pred = predictor({"timeout": 120, "containerConcurrency": 4,
+                      "logger": {"url": "http://logger.ml/", "mode": "request"}})
+    assert pred["timeout"] == 120 and pred["containerConcurrency"] == 4
+    assert pred["logger"] == {"url": "http://logger.ml/", "mode": "request"}
+    # mode defaults to all; url defaults to KServe's configured logger
+    assert predictor({"logger": {}})["logger"] == {"mode": "all"}
+    assert predictor({"containerConcurrency": 0})["containerConcurrency"] == 0
+    for key in ("timeout", "containerConcurrency", "logger"):
+        assert key not in predictor({})
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    ({"cpu": "1", "memory": "2Gi"},
+     {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}),
+    ({"cpu": 2, "memory": 1073741824},
+     {"requests": {"cpu": "2", "memory": "1073741824"},
+      "limits": {"cpu": "2", "memory": "1073741824"}}),
+    ({"cpu": "1", "memory": "2Gi", "limits": {"cpu": "4", "memory": "8Gi"}},
+     {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}),
+    ({"cpu": "4", "requests": {"cpu": "500m"}},
+     {"requests": {"cpu": "500m"}, "limits": {"cpu": "4"}}),
+    ({"requests": {"cpu": 1, "memory": "1Gi"}},
+     {"requests": {"cpu": "1", "memory": "1Gi"}}),
+    ({"limits": {"memory": "4Gi"}}, {"limits": {"memory": "4Gi"}}),
+    ({"requests": {"cpu": "250m"}, "limits": {"cpu": 1}, "memory": "1Gi"},
+     {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+])
+def test_requests_and_limits(resources: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert predictor({"resources": resources})["model"]["resources"] == expected
+
+
+def test_gpu_limit_joins_the_limits() -> None:
+    res = predictor({"resources": {"requests": {"cpu": "1"}}, "gpus": 2})["model"]["resources"]
+    assert res == {"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": 2}}
+
+
+# --- autoscaling metrics and the deployment mode ------------------------------------------
+
+@pytest.mark.parametrize("metric", ["concurrency", "rps"])
+def test_knative_metric_in_default_standard_mode_is_left_out(metric: str) -> None:
+    spec = {"model": MODEL, "autoscaling": {"metric": metric, "target": 10},
+            "replicas": {"min": 1, "max": 3}}
+    parsed = ModelDeploymentSpec.model_validate(spec)
+    problem = unsupported(parsed, "Standard")
+    assert problem is not None and problem[0] == METRIC_NEEDS_KNATIVE
+    assert f"spec.autoscaling.metric {metric}" in problem[1]
+    assert "SLIPWAY_KSERVE_DEPLOYMENT_MODE" in problem[1]
+    pred = build(spec, mode="Standard")["spec"]["predictor"]
+    assert "scaleMetric" not in pred and "scaleTarget" not in pred
+    assert pred["maxReplicas"] == 3
+    # The operator's default is Knative, or the spec says Knative: kept.
+    assert unsupported(parsed, "Knative") is None
+    assert build(spec, mode="Knative")["spec"]["predictor"]["scaleMetric"] == metric
+    knative = {**spec, "deploymentMode": "Knative"}
+    assert unsupported(ModelDeploymentSpec.model_validate(knative), "Standard") is None
+    isvc = build(knative, mode="Standard")
+    assert isvc["spec"]["predictor"]["scaleMetric"] == metric
+    assert KNATIVE_CLASS_ANNOTATION not in isvc["metadata"]["annotations"]
+
+
+def test_explicit_standard_with_knative_metric_names_the_spec() -> None:
+    # The CRD refuses this; an object stored before that rule gets the same condition.
+    parsed = ModelDeploymentSpec.model_validate(
+        {"model": MODEL, "deploymentMode": "Standard",
+         "autoscaling": {"metric": "rps", "target": 5}})
+    problem = unsupported(parsed, "Knative")
+    assert problem is not None and "(spec.deploymentMode)" in problem[1]
+
+
+@pytest.mark.parametrize("metric", ["cpu", "memory"])
+def test_cpu_and_memory_in_knative_mode_use_knatives_hpa_class(metric: str) -> None:
+    spec = {"model": MODEL, "autoscaling": {"metric": metric, "target": 70}}
+    isvc = build(spec, mode="Knative")
+    assert isvc["metadata"]["annotations"][KNATIVE_CLASS_ANNOTATION] == KNATIVE_HPA_CLASS
+    assert isvc["spec"]["predictor"]["scaleMetric"] == metric
+    standard = build(spec, mode="Standard")
+    assert KNATIVE_CLASS_ANNOTATION not in standard["metadata"]["annotations"]
+    assert standard["spec"]["predictor"]["scaleMetric"] == metric
+    assert unsupported(ModelDeploymentSpec.model_validate(spec), "Standard") is None

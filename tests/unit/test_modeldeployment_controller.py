@@ -185,10 +185,90 @@ async def test_handler_raises_permanent_error_on_user_error(fake: FakeKube) -> N
     import kopf
 
     fake.put(md({"fromTrainingJob": "train"}))
-    fake.put(tj("Succeeded", {"uri": "s3://m/t", "version": "v1", "format": "onnx"}))
-    with pytest.raises(kopf.PermanentError, match="onnx"):
+    fake.put(tj("Succeeded", {"uri": "s3://m/t", "version": "v1", "format": "pmml"}))
+    with pytest.raises(kopf.PermanentError, match="pmml"):
         await ctl.reconcile_modeldeployment(namespace="ml", name="iris", logger=LOG)
     fake.fail_apply = kube.KubeError("boom", 500)
     fake.put(tj("Succeeded", {"uri": "s3://m/t", "version": "v1", "format": "sklearn"}))
     with pytest.raises(kopf.TemporaryError):
         await ctl.reconcile_modeldeployment(namespace="ml", name="iris", logger=LOG)
+
+
+@pytest.fixture
+def default_mode(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from slipway.config import Settings
+
+    def set_mode(mode: str) -> None:
+        monkeypatch.setattr(ctl, "active",
+                            lambda: Settings(kserve_default_deployment_mode=mode))
+    set_mode("Standard")
+    return set_mode
+
+
+def condition(type_: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+
+async def test_knative_metric_in_default_standard_mode(fake: FakeKube, default_mode: Any) -> None:
+    """No deploymentMode in the spec and the operator's default is Standard: concurrency
+    cannot apply. Condition, Warning Event, phase Failed; the InferenceService is deployed
+    without the metric; fixing the spec clears it."""
+    model = {"format": "sklearn", "uri": "s3://m/iris", "version": "v1"}
+    fake.put(md({"model": model, "autoscaling": {"metric": "concurrency", "target": 4}}))
+    outcome = await ctl.reconcile("ml", "iris", LOG)
+    assert outcome is not None and outcome.user_error and outcome.phase == "Failed"
+    pred = fake.applied[-1]["spec"]["predictor"]
+    assert "scaleMetric" not in pred and "scaleTarget" not in pred
+    status = md_status(fake)
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith("spec.autoscaling.metric concurrency needs Knative")
+    cond = condition("SpecSupported", status)
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False",
+                                                                      "MetricNeedsKnative")
+    warnings = [(r, m) for t, r, m in fake.events if t == "Warning"]
+    assert [r for r, _ in warnings] == ["MetricNeedsKnative"]
+    assert "SLIPWAY_KSERVE_DEPLOYMENT_MODE" in warnings[0][1]
+
+    # Seen again: no new Event.
+    await ctl.reconcile("ml", "iris", LOG)
+    assert [r for t, r, _ in fake.events if t == "Warning"] == ["MetricNeedsKnative"]
+
+    # The handler stops retrying (PermanentError); the resync keeps watching.
+    import kopf
+    with pytest.raises(kopf.PermanentError, match="needs Knative"):
+        await ctl.reconcile_modeldeployment(namespace="ml", name="iris", logger=LOG)
+
+    # Fixed: cpu applies in Standard mode.
+    fake.objects[("ModelDeployment", "ml", "iris")]["spec"]["autoscaling"] = {
+        "metric": "cpu", "target": 70}
+    outcome = await ctl.reconcile("ml", "iris", LOG)
+    assert outcome is not None and not outcome.user_error and outcome.phase == "Pending"
+    assert fake.applied[-1]["spec"]["predictor"]["scaleMetric"] == "cpu"
+    cond = condition("SpecSupported", md_status(fake))
+    assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Supported")
+
+
+async def test_knative_metric_with_knative_default(fake: FakeKube, default_mode: Any) -> None:
+    default_mode("Knative")
+    fake.put(md({"model": {"format": "sklearn", "uri": "s3://m/iris", "version": "v1"},
+                 "autoscaling": {"metric": "rps", "target": 50}}))
+    outcome = await ctl.reconcile("ml", "iris", LOG)
+    assert outcome is not None and not outcome.user_error
+    isvc = fake.applied[-1]
+    assert isvc["spec"]["predictor"]["scaleMetric"] == "rps"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    assert condition("SpecSupported", md_status(fake)) is None
+
+
+async def test_pass_through_fields_reach_the_inferenceservice(fake: FakeKube) -> None:
+    fake.put(md({"model": {"format": "sklearn", "uri": "s3://m/iris", "version": "v1"},
+                 "serviceAccountName": "reader", "timeout": 30, "containerConcurrency": 2,
+                 "logger": {"url": "http://log.ml", "mode": "all"},
+                 "env": [{"name": "A", "value": "1"}], "labels": {"team": "x"}}))
+    await ctl.reconcile("ml", "iris", LOG)
+    pred = fake.applied[-1]["spec"]["predictor"]
+    assert pred["serviceAccountName"] == "reader"
+    assert (pred["timeout"], pred["containerConcurrency"]) == (30, 2)
+    assert pred["logger"] == {"url": "http://log.ml", "mode": "all"}
+    assert pred["model"]["env"][1:] == [{"name": "A", "value": "1"}]
+    assert pred["labels"]["team"] == "x"

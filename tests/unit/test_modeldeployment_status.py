@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from slipway.api.common import get_condition, set_condition
-from slipway.builders.inferenceservice import MODEL_LOADED, MODEL_RESOLVED, READY, VERSION_KEY
+from slipway.builders.inferenceservice import (
+    MODEL_LOADED,
+    MODEL_RESOLVED,
+    READY,
+    SPEC_SUPPORTED,
+    VERSION_KEY,
+)
 from slipway.status.modeldeployment import mirror_status, transition_events
 
 NOW = "2025-01-01T00:00:00Z"
@@ -186,3 +192,28 @@ def test_failed_phase_event_without_a_matching_condition() -> None:
     evs = transition_events({"phase": "Pending"},
                             {"phase": "Failed", "message": "the InferenceService was rejected"})
     assert evs == [("Warning", "Failed", "the InferenceService was rejected")]
+
+
+def test_unsupported_field_is_failed_even_when_serving() -> None:
+    message = "spec.autoscaling.metric rps needs Knative mode"
+    conds = set_condition(resolved(), SPEC_SUPPORTED, False, "MetricNeedsKnative", message,
+                          1, NOW)
+    seen = mirror_status(isvc(ready_status()), conds, stopped=False, now=NOW,
+                         unsupported=message)
+    assert seen.phase == "Failed" and seen.message == message
+    # Ready still mirrors KServe's: the model does serve.
+    ready = get_condition(seen.conditions, READY)
+    assert ready is not None and ready["status"] == "True"
+    # A rejected InferenceService says so first.
+    seen = mirror_status(None, conds, stopped=False, now=NOW, unsupported=message,
+                         apply_error="rejected")
+    assert seen.message == "rejected"
+
+
+def test_one_warning_event_for_an_unsupported_field() -> None:
+    message = "spec.autoscaling.metric rps needs Knative mode"
+    conds = set_condition(resolved(), SPEC_SUPPORTED, False, "MetricNeedsKnative", message,
+                          1, NOW)
+    evs = transition_events({"phase": "Pending", "conditions": resolved()},
+                            {"phase": "Failed", "message": message, "conditions": conds})
+    assert evs == [("Warning", "MetricNeedsKnative", message)]

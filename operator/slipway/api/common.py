@@ -4,10 +4,12 @@ resource amounts and the CRD description each resource module exports."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "slipway.dev"
@@ -46,15 +48,71 @@ class Condition(ApiModel):
     )
 
 
-class ComputeResources(ApiModel):
-    """CPU and memory for one container, as Kubernetes quantities."""
+# Kubernetes quantities as Slipway accepts them (a subset of resource.Quantity's grammar).
+CPU_PATTERN = r"^[0-9]+(\.[0-9]+)?m?$"
+MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+QUANTITY_MAX_LENGTH = 64
+_SUFFIXES: dict[str, Decimal] = {
+    "": Decimal(1), "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
-    cpu: str | None = Field(None, description="CPU request and limit, e.g. '4' or '500m'.",
-                            pattern=r"^[0-9]+(\.[0-9]+)?m?$")
-    memory: str | None = Field(
-        None, description="Memory request and limit, e.g. '16Gi'.",
-        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
-    )
+
+def _quantity_string(value: Any) -> Any:
+    """Kubernetes accepts a quantity written as a number (`cpu: 4`, `memory: 1073741824`):
+    keep it as the string the builders pass on."""
+    if isinstance(value, bool):
+        raise ValueError("a quantity must be a string or a number, not a boolean")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        # Not from the apiserver (the schema is int-or-string), but from Python callers.
+        return format(Decimal(repr(value)).normalize(), "f")
+    return value
+
+
+def _quantity_schema(pattern: str) -> dict[str, Any]:
+    # int-or-string, like resource.Quantity in Kubernetes' own schemas: the pattern applies to
+    # strings, `minimum` to numbers.
+    return {"x-kubernetes-int-or-string": True, "pattern": pattern, "minimum": 0,
+            "maxLength": QUANTITY_MAX_LENGTH}
+
+
+CpuQuantity = Annotated[
+    str, BeforeValidator(_quantity_string),
+    Field(pattern=CPU_PATTERN, max_length=QUANTITY_MAX_LENGTH,
+          json_schema_extra=_quantity_schema(CPU_PATTERN)),
+]
+"""A CPU amount: '500m', '2', '1.5', or a whole number such as 4."""
+
+MemoryQuantity = Annotated[
+    str, BeforeValidator(_quantity_string),
+    Field(pattern=MEMORY_PATTERN, max_length=QUANTITY_MAX_LENGTH,
+          json_schema_extra=_quantity_schema(MEMORY_PATTERN)),
+]
+"""A memory amount: '16Gi', '512M', or a number of bytes such as 1073741824."""
+
+
+def parse_quantity(value: str) -> Decimal:
+    """The value of a quantity matching CPU_PATTERN or MEMORY_PATTERN (cores or bytes)."""
+    match = _QUANTITY.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a quantity")
+    return Decimal(match.group(1)) * _SUFFIXES[match.group(2) or ""]
+
+
+class ComputeResources(ApiModel):
+    """CPU and memory for one container, as Kubernetes quantities (strings, or plain numbers
+    as Kubernetes accepts them: cpu: 4, memory: 1073741824)."""
+
+    cpu: CpuQuantity | None = Field(
+        None, description="CPU request and limit, e.g. '4', 4 or '500m'.")
+    memory: MemoryQuantity | None = Field(
+        None, description="Memory request and limit, e.g. '16Gi' or a number of bytes.")
 
 
 def now_rfc3339() -> str:

@@ -44,11 +44,14 @@ class Distributed(ApiModel):
 class RunPolicy(ApiModel):
     """Retries, deadlines, clean-up and suspension, as in Kubeflow's runPolicy."""
 
-    backoff_limit: int = Field(3, ge=0, le=100,
-                               description="Pod failures tolerated before the job is Failed.")
+    backoff_limit: int = Field(
+        3, ge=0, le=100,
+        description="Group restarts (new attempts after a retriable worker failure, see "
+                    "restartPolicy) before the job fails with BackoffLimitExceeded.")
     active_deadline_seconds: int | None = Field(
         None, ge=1, le=INT32_MAX,
-        description="Wall-clock limit; exceeding it fails with DeadlineExceeded.")
+        description="Wall-clock limit of each attempt; exceeding it fails the job with "
+                    "DeadlineExceeded (never retried).")
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, le=INT32_MAX, description="Delete the TrainingJob this long after it finishes.")
     suspend: bool = Field(False, description="Stop all pods now; set back to false to resume.")
@@ -304,7 +307,7 @@ class TrainingJobSpec(ApiModel):
 class WorkerCounts(ApiModel):
     active: int = Field(0, description="Pods running now.")
     succeeded: int = Field(0, description="Pods that completed.")
-    failed: int = Field(0, description="Pods that failed (each one a retry).")
+    failed: int = Field(0, description="Pods of the current attempt that failed.")
 
 
 class OutputStatus(ApiModel):

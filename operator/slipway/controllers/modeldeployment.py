@@ -19,14 +19,17 @@ from pydantic import ValidationError
 
 from slipway import events, kube, metrics
 from slipway.api.canary import CanaryStatus
-from slipway.api.common import API_VERSION, GROUP, VERSION, set_condition
+from slipway.api.common import API_VERSION, GROUP, VERSION, get_condition, set_condition
 from slipway.api.modeldeployment import DEFAULT_RUNTIMES, ModelDeploymentSpec, ResolvedModel
 from slipway.builders import inferenceservice as isvc_builder
 from slipway.builders.inferenceservice import (
     MODEL_RESOLVED,
+    SPEC_SUPPORTED,
     ResolutionError,
     build_inference_service,
+    effective_mode,
     resolve_model,
+    unsupported,
 )
 from slipway.canary import children
 from slipway.config import active
@@ -124,6 +127,20 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
             await _write_status(body, old, new, logger)
             return Outcome("Failed", msg, user_error=True)
 
+        default_mode = active().kserve_default_deployment_mode
+        # A field that cannot apply in the mode used (Knative-only metrics in Standard mode):
+        # the InferenceService is built without it, and the spec needs fixing.
+        spec_problem = unsupported(spec, default_mode)
+        if spec_problem is not None:
+            user_error = True
+            conditions = set_condition(conditions, SPEC_SUPPORTED, False, *spec_problem,
+                                       generation)
+        elif get_condition(conditions, SPEC_SUPPORTED) is not None:
+            conditions = set_condition(
+                conditions, SPEC_SUPPORTED, True, "Supported",
+                f"every field of the spec applies in {effective_mode(spec, default_mode)} mode",
+                generation)
+
         model, err = await _resolve(spec, namespace, old.get("model"))
         if err is None and model is not None:
             conditions = set_condition(
@@ -131,14 +148,13 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
                 f"{model.format} model {model.version} at {model.uri} (from {model.source})",
                 generation)
         elif err is not None:
-            user_error = err.user_error
+            user_error = user_error or err.user_error
             msg = err.message + (f"; still serving version {model.version}" if model else "")
             conditions = set_condition(conditions, MODEL_RESOLVED, False, err.reason, msg,
                                        generation)
 
         isvc: dict[str, Any] | None = None
         apply_error: str | None = None
-        default_mode = active().kserve_default_deployment_mode
         pin = await canary_pin(namespace, name, children.mode_of(spec, default_mode))
         conflict: str | None = None
         existing = await kube.get(isvc_builder.API_VERSION, isvc_builder.KIND, namespace, name)
@@ -172,7 +188,8 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
             pods = await kube.list_objects("v1", "Pod", namespace, f"{ISVC_POD_LABEL}={name}")
             problem = predictor_problem(pods)
         seen = mirror_status(isvc, conditions, spec.stopped, generation, apply_error=apply_error,
-                             pod_problem=problem, conflict=conflict)
+                             pod_problem=problem, conflict=conflict,
+                             unsupported=spec_problem[1] if spec_problem else None)
         new = {
             "phase": seen.phase, "message": seen.message, "conditions": seen.conditions,
             "observedGeneration": generation, "url": seen.url,

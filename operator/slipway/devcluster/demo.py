@@ -35,7 +35,11 @@ from slipway.devcluster.serving import query
 
 NAMESPACE = "slipway-demo"
 # Knative mode needs Knative Serving, which the local platform does not run.
-SKIP_SAMPLES = ("modeldeployment-gpu-knative.yaml",)
+# Samples the local platform cannot serve: Knative mode (no Knative Serving here), a private
+# bucket (needs a ServiceAccount with credentials), a Hugging Face model (needs network).
+SKIP_SAMPLES = {"modeldeployment-gpu-knative.yaml": "Knative mode needs Knative Serving",
+                "modeldeployment-private-s3.yaml": "a private bucket needs credentials",
+                "modeldeployment-onnx-hf.yaml": "hf:// needs network access"}
 SERVED = {"iris": "v2", "churn": "v1"}  # ModelDeployment -> protocol its sample uses
 
 
@@ -101,8 +105,8 @@ def run_demo(directory: Path, keep: bool = False) -> int:
         for sample in samples:
             _say(f"kubectl apply -f {sample.relative_to(repo_root())}")
             print(cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(sample)).stdout.strip())
-        _say(f"skipped {', '.join(SKIP_SAMPLES)}: Knative mode needs Knative Serving, which "
-             "the local platform does not run")
+        for skipped, why in SKIP_SAMPLES.items():
+            _say(f"skipped {skipped}: {why}, which the local platform does not have")
 
         for name in ("tj-single-gpu", "tj-torchrun", "churn-xgb"):
             _wait(f"TrainingJob {name} to succeed",

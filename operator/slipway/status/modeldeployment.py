@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from slipway.api.common import get_condition, set_condition
-from slipway.builders.inferenceservice import MODEL_LOADED, MODEL_RESOLVED, READY, VERSION_KEY
+from slipway.builders.inferenceservice import (
+    MODEL_LOADED,
+    MODEL_RESOLVED,
+    READY,
+    SPEC_SUPPORTED,
+    VERSION_KEY,
+)
 from slipway.status.predictor import MODEL_LOAD_FAILED, PodProblem
 
 
@@ -33,12 +39,14 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
                   stopped: bool, generation: int | None = None,
                   apply_error: str | None = None, now: str | None = None,
                   pod_problem: PodProblem | None = None,
-                  conflict: str | None = None) -> Observed:
+                  conflict: str | None = None, unsupported: str | None = None) -> Observed:
     """Fold the InferenceService's status into the ModelDeployment's conditions and phase.
 
     *conditions* are the ModelDeployment's current conditions (so transition times hold);
     *apply_error* is set when the apiserver rejected the InferenceService we built;
     *conflict* when an InferenceService of the same name is not ours (we wait for it to go);
+    *unsupported* when a field of the spec cannot apply in the mode used (condition
+    SpecSupported=False, set by the caller): Failed, though the InferenceService is deployed;
     *pod_problem* is what the predictor pods say when none serves (KServe does not watch
     pods, so its own status can lag or stay silent).
     """
@@ -107,6 +115,8 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
     ready_now = get_condition(conditions, READY) or {}
     if apply_error:
         phase, message = "Failed", apply_error
+    elif unsupported:
+        phase, message = "Failed", unsupported
     elif conflict:
         phase, message = "Pending", conflict
     elif isvc is None:
@@ -167,7 +177,7 @@ def transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[st
             events.append(("Normal", "Ready", new.get("message") or "ready"))
         elif new_phase == "Stopped":
             events.append(("Normal", "Stopped", new.get("message") or "stopped"))
-    for ctype in (MODEL_RESOLVED, MODEL_LOADED):
+    for ctype in (SPEC_SUPPORTED, MODEL_RESOLVED, MODEL_LOADED):
         before = get_condition(old.get("conditions"), ctype) or {}
         after = get_condition(new.get("conditions"), ctype) or {}
         if after.get("status") == "False" and (
