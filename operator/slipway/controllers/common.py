@@ -11,12 +11,17 @@ Why each piece:
 - Children are matched by the UID of their controller ownerReference, never by name or label
   alone: an object deleted and re-created under the same name must not adopt the old one's
   children while the garbage collector has yet to remove them.
+- One error policy (`transient`): API faults are retried with backoff; a rejection (a
+  validation error or an admission webhook's 400/403/404/422) is the user's spec, reported as
+  a condition plus one Warning Event and retried only when something changes.
+- One status writer (`write_status`): a merge patch of only the status fields a controller
+  owns and that changed; Kopf keeps its own part of status.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -76,3 +81,27 @@ def owned(children: list[dict[str, Any]], owner: Mapping[str, Any]) -> list[dict
     """The children whose controller is *owner*; same-named leftovers of a deleted
     predecessor (or objects nobody owns) are left alone."""
     return [c for c in children if owned_by(c, owner)]
+
+
+def transient(exc: kube.KubeError) -> bool:
+    """True for API faults that a retry can fix: no answer, a write conflict, throttling,
+    server errors. False for rejections of what we sent, which only a new spec can fix."""
+    return exc.status in (0, 409, 429) or exc.status >= 500
+
+
+async def write_status(obj: Mapping[str, Any], new: Mapping[str, Any],
+                       owned: Iterable[str]) -> dict[str, Any] | None:
+    """Merge-patch the *owned* status fields of *obj* that differ from *new* (a None value
+    deletes the field). Returns the patched object; None when nothing changed or it is gone."""
+    old = obj.get("status") or {}
+    changed = {k: new.get(k) for k in owned if old.get(k) != new.get(k)}
+    if not changed:
+        return None
+    meta = obj["metadata"]
+    try:
+        return await kube.patch(obj["apiVersion"], obj["kind"], meta["namespace"],
+                                meta["name"], {"status": changed}, subresource="status")
+    except kube.KubeError as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return None
+        raise

@@ -41,8 +41,6 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 TJ_KIND = "TrainingJob"
 TEMPORARY_DELAY = 10.0
-# HTTP statuses of an apply that no retry will fix (the object itself is wrong).
-REJECTED = (400, 422)
 # The status fields this controller owns (the rest of status belongs to Kopf).
 OWNED = ("phase", "message", "conditions", "observedGeneration", "url", "servingVersion",
          "model", "inferenceService")
@@ -176,7 +174,7 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
             try:
                 isvc = await kube.apply(manifest)
             except kube.KubeError as exc:
-                if exc.status not in REJECTED:
+                if common.transient(exc):
                     raise
                 apply_error = f"the InferenceService was rejected: {exc}"
                 user_error = True
@@ -203,18 +201,9 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
 
 async def _write_status(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
                         logger: kopf.Logger) -> None:
-    """Patch the status subresource when something changed, and emit Events for it."""
-    if all(old.get(k) == new.get(k) for k in OWNED):
+    """Patch the status fields this controller owns when they changed, and emit Events."""
+    if not await common.write_status(body, new, OWNED):
         return
-    meta = body["metadata"]
-    patch = {"status": {k: new.get(k) for k in OWNED}}  # None deletes the key (merge patch)
-    try:
-        await kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"], patch,
-                         subresource="status")
-    except kube.KubeError as exc:
-        if exc.status == 404:  # deleted meanwhile
-            return
-        raise
     for type_, reason, message in transition_events(old, new):
         logger.info(f"{type_} {reason}: {message}")
         events.emit(body, type_, reason, message)

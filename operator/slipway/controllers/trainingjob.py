@@ -34,7 +34,15 @@ from slipway.builders.trainingjob import (
     resolve_output,
 )
 from slipway.controllers import resync
-from slipway.controllers.common import controller_uid, fresh, object_lock, owned, owned_by
+from slipway.controllers.common import (
+    controller_uid,
+    fresh,
+    object_lock,
+    owned,
+    owned_by,
+    transient,
+    write_status,
+)
 from slipway.events import emit
 from slipway.status.trainingjob import (
     Observation,
@@ -65,22 +73,12 @@ class Blocked(Exception):
         self.message = message
 
 
-def _transient(exc: kube.KubeError) -> bool:
-    return exc.status in (0, 409, 429) or exc.status >= 500
-
-
 async def _write(tj: dict[str, Any], obs: Observation) -> dict[str, Any]:
     """Patch the status fields that changed and post the events; returns the new object."""
-    meta = tj["metadata"]
-    old = tj.get("status") or {}
-    changed = {k: v for k, v in obs.status.items() if old.get(k) != v}
-    result = None
-    if changed:
-        result = await kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"],
-                                  {"status": changed}, subresource="status")
+    result = await write_status(tj, obs.status, obs.status)
     for ev in obs.events:
         emit(tj, ev.type, ev.reason, ev.message)
-    return result or {**tj, "status": {**old, **changed}}
+    return result or {**tj, "status": {**(tj.get("status") or {}), **obs.status}}
 
 
 def _desired_suspend(spec: TrainingJobSpec, current: dict[str, Any] | None) -> bool | None:
@@ -259,7 +257,7 @@ async def _create(spec: TrainingJobSpec, tj: dict[str, Any],
             if owned_by(existing, tj):
                 return existing
             raise _taken("Job", existing) from exc
-        if _transient(exc):
+        if transient(exc):
             raise
         raise BuildError(f"the Job was rejected: {exc}") from exc
     emit(tj, "Normal", "Created", f"created Job {meta['name']}")
@@ -307,7 +305,7 @@ async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
     try:
         result = await kube.patch("batch/v1", "Job", meta["namespace"], meta["name"], body)
     except kube.KubeError as exc:
-        if _transient(exc):
+        if transient(exc):
             raise
         emit(current, "Warning", "PatchRejected", str(exc))
         return current
@@ -323,7 +321,7 @@ async def _handle(body: kopf.Body) -> None:
         metrics.RECONCILES.labels(KIND, "ok").inc()
     except kube.KubeError as exc:
         metrics.RECONCILES.labels(KIND, "error").inc()
-        if _transient(exc):
+        if transient(exc):
             raise kopf.TemporaryError(str(exc), delay=5) from exc
         raise kopf.PermanentError(str(exc)) from exc
 
