@@ -10,10 +10,14 @@
 # adding or bumping one tool never rebuilds the others. Tools from different
 # modules build in parallel (their downloads overlap with the compiles).
 #
+# On-demand peers (never in the default set; name them in SLIPWAY_TOOLS): kueue and
+# training-operator (Kubeflow's, PyTorchJob). Asking for one also fetches its CRDs from its
+# module and prints "kueue-crds=<dir>" / "training-operator-crds=<dir>".
+#
 # Prints "kserve-assets=<dir>", "gateway-crds=<dir>" and then the bin directory
 # on its last line. Env:
 #   SLIPWAY_CACHE   cache root (default ~/.cache/slipway)
-#   SLIPWAY_TOOLS   space-separated subset to build (default: all)
+#   SLIPWAY_TOOLS   space-separated subset to build (default: the platform, no peers)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,11 +45,12 @@ prom_ldflags="-s -w \
  -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v} \
  -X github.com/prometheus/common/version.Branch=slipway"
 
-# The cached path of <binary> built from hack/tools/<dir>.
+# The cached path of <binary> built from hack/tools/<dir>. The key leaves out the on-demand
+# peers' part of versions.env, so adding or bumping a peer keeps every other key.
 path_of() { # path_of <tooldir> <binary-name>
   local key
-  key=$(cat "$here/versions.env" "$here/tools/$1/go.mod" "$here/tools/$1/go.sum" \
-        | sha256sum | cut -c1-12)
+  key=$( (sed '/^# On-demand peers/,$d' "$here/versions.env"
+          cat "$here/tools/$1/go.mod" "$here/tools/$1/go.sum") | sha256sum | cut -c1-12)
   echo "$bin/$2-$key"
 }
 
@@ -77,13 +82,40 @@ build_tool() { # build_tool <name>
     kserve-manager) build kserve kserve-manager github.com/kserve/kserve/cmd/manager ;;
     prometheus) TAGS=remove_all_sd build prometheus prometheus \
                   github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags" ;;
+    kueue) pinned kueue sigs.k8s.io/kueue "$KUEUE_VERSION"
+           build kueue kueue sigs.k8s.io/kueue/cmd/kueue \
+             "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" ;;
+    training-operator)
+      pinned training-operator github.com/kubeflow/training-operator "$TRAINING_OPERATOR_VERSION"
+      build training-operator training-operator \
+        github.com/kubeflow/training-operator/cmd/training-operator.v1 ;;
     *) echo "unknown tool $1" >&2; return 2 ;;
   esac
 }
 
-module_dir() { # module_dir <module@version>: download it, print its directory
-  (cd "$here/tools/kube" && GOFLAGS=-mod=mod go mod download -json "$1" \
+# A peer's go.mod must require the version versions.env names (its cache key is its go.mod).
+pinned() { # pinned <tooldir> <module> <version>
+  if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?$2 $3( |$)" "$here/tools/$1/go.mod"; then
+    echo "!! hack/tools/$1/go.mod does not require $2 $3 (versions.env)" >&2
+    return 1
+  fi
+}
+
+module_dir() { # module_dir <module@version> [tooldir]: download it, print its directory
+  (cd "$here/tools/${2:-kube}" && GOFLAGS=-mod=mod go mod download -json "$1" \
      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
+
+# CRDs of an on-demand peer, copied from its module into the cache (once per version).
+fetch_peer_crds() { # fetch_peer_crds <tooldir> <module> <version> <dir in module> <dest>
+  [ -f "$5/.done" ] && return 0
+  echo ">> fetching $2 $3 CRDs" >&2
+  local dir; dir=$(module_dir "$2@$3" "$1")
+  mkdir -p "$5"
+  cp "$dir/$4"/*.yaml "$5/"
+  rm -f "$5/kustomization.yaml"
+  chmod -R u+w "$5"
+  touch "$5/.done"
 }
 
 fetch_assets() {
@@ -112,6 +144,8 @@ fetch_assets() {
 }
 
 want=${SLIPWAY_TOOLS:-"etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kserve-manager prometheus"}
+kueue_crds="$cache/kueue/$KUEUE_VERSION/crds"
+training_operator_crds="$cache/training-operator/$TRAINING_OPERATOR_VERSION/crds"
 # One job per module directory, run in parallel; tools of one module (kube) in sequence.
 declare -A groups=()
 for t in $want; do
@@ -124,6 +158,15 @@ for g in "${!groups[@]}"; do
   pids+=($!)
 done
 fetch_assets
+for t in $want; do
+  case $t in
+    kueue) fetch_peer_crds kueue sigs.k8s.io/kueue "$KUEUE_VERSION" \
+             config/components/crd/bases "$kueue_crds" ;;
+    training-operator)
+      fetch_peer_crds training-operator github.com/kubeflow/training-operator \
+        "$TRAINING_OPERATOR_VERSION" manifests/base/crds "$training_operator_crds" ;;
+  esac
+done
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
 [ $fail -eq 0 ] || { echo "!! some tools failed to build" >&2; exit 1; }
@@ -143,4 +186,10 @@ for entry in "${targets[@]}"; do ln -sfn "${entry#*=}" "$links/${entry%%=*}"; do
 
 echo "kserve-assets=$kserve_assets"
 echo "gateway-crds=$gateway_crds"
+for t in $want; do
+  case $t in
+    kueue) echo "kueue-crds=$kueue_crds" ;;
+    training-operator) echo "training-operator-crds=$training_operator_crds" ;;
+  esac
+done
 echo "$links"

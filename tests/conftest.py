@@ -70,6 +70,25 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
     op.stop()
 
 
+# Kueue (the `kueue` fixture) manages the Jobs of namespaces with this label only.
+KUEUE_NAMESPACE_LABEL = ("slipway.dev/kueue", "managed")
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster) -> Cluster:
+    """Kueue on the session cluster, started on first use and left running: built the first
+    time from hack/tools/kueue (about 135 s cold on 2 cores, cached afterwards). It manages
+    only the Jobs of namespaces labelled KUEUE_NAMESPACE_LABEL, so other tests' Jobs with a
+    queue-name label (and no Kueue in mind) are left alone."""
+    from slipway.devcluster.peers import start_kueue
+
+    key, value = KUEUE_NAMESPACE_LABEL
+    start_kueue(cluster, namespace_selector={"matchLabels": {key: value}})
+    print(f"\nkueue up: build {cluster.timings.get('kueue-build')}s, "
+          f"total {cluster.timings.get('kueue')}s")
+    return cluster
+
+
 @pytest.fixture(scope="session")
 def gateway(cluster: Cluster) -> str:
     """Base URL of the local gateway (stand-in for a Gateway API data plane)."""

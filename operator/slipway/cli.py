@@ -59,7 +59,10 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
 
     cluster = Cluster(Path(args.dir), gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes,
                       gpus_per_node=args.gpus_per_node, install_crds=not args.no_crds,
-                      serving=not args.no_serving, kserve_gateway_api=args.kserve_gateway_api)
+                      serving=not args.no_serving, kserve_gateway_api=args.kserve_gateway_api,
+                      kueue=args.kueue, training_operator=args.training_operator,
+                      training_operator_threads=args.training_operator_threads,
+                      training_operator_qps=args.training_operator_qps)
     cluster.start()
     print(json.dumps({"timings_s": cluster.timings, "rss_mib": cluster.rss_mib(),
                       "endpoints": cluster.endpoints}), file=sys.stderr)
@@ -180,6 +183,16 @@ def parser() -> argparse.ArgumentParser:
                          "local gateway")
     up.add_argument("--kserve-gateway-api", action="store_true",
                     help="KServe routes through Gateway API HTTPRoutes instead of Ingresses")
+    up.add_argument("--kueue", action="store_true",
+                    help="also build (first time: ~2 min) and run Kueue (batch/v1 Jobs; "
+                         "PyTorchJobs too with --training-operator)")
+    up.add_argument("--training-operator", action="store_true",
+                    help="also build (first time: ~2 min) and run Kubeflow's training-operator "
+                         "(PyTorchJob)")
+    up.add_argument("--training-operator-threads", type=int, default=1,
+                    help="its --controller-threads (default 1, as upstream)")
+    up.add_argument("--training-operator-qps", type=int, default=20,
+                    help="its --kube-api-qps; the burst is 1.5x (default 20, as upstream)")
     up.set_defaults(func=_cmd_dev_up)
     down = dev_sub.add_parser("down", help="stop the local cluster")
     down.add_argument("--dir", default=str(DEFAULT_DEV_DIR))

@@ -32,7 +32,7 @@ SCHEMA_ERROR = "values don't meet the specifications of the schema"
 NAMESPACED_KINDS = {"trainingjobs", "modeldeployments", "canaries", "trainingjobs/status",
                     "modeldeployments/status", "canaries/status", "trainingjobs/finalizers",
                     "modeldeployments/finalizers", "canaries/finalizers", "jobs", "services",
-                    "pods", "inferenceservices", "httproutes", "events"}
+                    "pods", "inferenceservices", "httproutes", "events", "workloads"}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]

@@ -238,3 +238,33 @@ def test_fixing_a_build_failure_clears_failed_and_success_is_final() -> None:
     assert cond(done.status, "Failed")["status"] == "False"
     # A later edit (generation 3) must not re-run a finished training.
     assert is_final(tj(done.status, generation=3))
+
+
+def test_a_worker_that_just_completed_still_counts() -> None:
+    # For a moment the Job counts a finished pod neither ready nor succeeded: the pod's own
+    # phase says it is done, so a finishing job does not flicker back to Pending.
+    obs = observe(SPEC, tj({"phase": "Running"}), job(active=1, ready=1), None, NOW,
+                  pods=[pod(0, "Running"), pod(1, "Succeeded")])
+    assert obs.status["phase"] == "Running"
+
+
+def test_kueue_reason_comes_from_the_workload() -> None:
+    from slipway.status.trainingjob import kueue_reason
+
+    no_quota = {"spec": {}, "status": {"conditions": [
+        {"type": "QuotaReserved", "status": "False", "reason": "Pending",
+         "message": "insufficient unused quota for nvidia.com/gpu, 4 more needed"}]}}
+    assert kueue_reason(no_quota) == (
+        "WaitingForAdmission", "insufficient unused quota for nvidia.com/gpu, 4 more needed")
+    preempted = {"spec": {}, "status": {"conditions": [
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "by high"}]}}
+    assert kueue_reason(preempted) == ("Preempted", "evicted by Kueue: by high")
+    held = {"spec": {"active": False}, "status": preempted["status"]}
+    assert kueue_reason(held) is not None and kueue_reason(held)[0] == "Deactivated"
+    assert kueue_reason({"spec": {}, "status": {}}) is None and kueue_reason(None) is None
+    queued = SPEC.model_copy(update={"queue": "team"})
+    obs = observe(queued, tj({"phase": "Queued"}), job(suspend=True), None, NOW,
+                  kueue=kueue_reason(no_quota))
+    assert obs.status["phase"] == "Queued"
+    assert obs.status["message"] == ("waiting for Kueue queue team: insufficient unused quota "
+                                     "for nvidia.com/gpu, 4 more needed")

@@ -67,6 +67,11 @@ namespace, a Role's in watchNamespace otherwise. Exactly the verbs the operator 
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# Kueue: a queued TrainingJob's Workload (why it waits; runPolicy.suspend holds it through
+# spec.active). Harmless where Kueue is not installed.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 # delete: a Canary's canary InferenceService once the rollout ends.
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]

@@ -53,6 +53,7 @@ from slipway.status.trainingjob import (
     is_final,
     job_condition,
     judge,
+    kueue_reason,
     observe,
     restarting,
     running_workers,
@@ -63,6 +64,9 @@ KIND = "TrainingJob"
 LABEL = "slipway.dev/trainingjob"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 PENDING_EDIT = "spec changes apply after suspend and resume"
+WORKLOAD_API, JOB_UID_LABEL = "kueue.x-k8s.io/v1beta1", "kueue.x-k8s.io/job-uid"
+# On a Kueue Workload that Slipway deactivated for runPolicy.suspend.
+HELD_ANNOTATION = "slipway.dev/held"
 
 
 class Blocked(Exception):
@@ -83,12 +87,46 @@ async def _write(tj: dict[str, Any], obs: Observation) -> dict[str, Any]:
 
 def _desired_suspend(spec: TrainingJobSpec, current: dict[str, Any] | None) -> bool | None:
     """The value Slipway wants for Job.spec.suspend, or None to leave it to Kueue."""
-    if spec.policy.suspend:
-        return True
     if spec.queue:
-        # Created suspended; afterwards Kueue admits (unsuspends) and may preempt.
+        # Created suspended; afterwards Kueue alone admits (unsuspends) and evicts it. Kueue
+        # un-suspends any Job whose Workload is admitted, so runPolicy.suspend holds a queued
+        # job through its Workload instead (_hold_in_kueue), never by writing suspend here.
         return True if current is None else None
-    return False
+    return bool(spec.policy.suspend)
+
+
+async def _workload(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Kueue's Workload for *job* (None without Kueue, or before Kueue made it)."""
+    meta = job["metadata"]
+    found = await kube.list_objects(WORKLOAD_API, "Workload", meta["namespace"],
+                                    f"{JOB_UID_LABEL}={meta['uid']}")
+    return found[0] if found else None
+
+
+async def _hold_in_kueue(spec: TrainingJobSpec, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Hold (runPolicy.suspend) or release a queued job by its Workload's spec.active, Kueue's
+    own way; a hold somebody else set (no HELD mark) is never undone. Returns the Workload."""
+    workload = await _workload(job)
+    if workload is None:
+        return None
+    active = (workload.get("spec") or {}).get("active", True)
+    ours = (workload["metadata"].get("annotations") or {}).get(HELD_ANNOTATION) == "true"
+    if spec.policy.suspend and active:
+        body: dict[str, Any] = {"metadata": {"annotations": {HELD_ANNOTATION: "true"}},
+                                "spec": {"active": False}}
+    elif not spec.policy.suspend and not active and ours:
+        body = {"metadata": {"annotations": {HELD_ANNOTATION: None}}, "spec": {"active": True}}
+    else:
+        return workload
+    meta = workload["metadata"]
+    try:
+        return await kube.patch(WORKLOAD_API, "Workload", meta["namespace"], meta["name"],
+                                body) or workload
+    except kube.KubeError as exc:
+        if transient(exc):
+            raise
+        emit(job, "Warning", "HoldRejected", f"could not update Kueue Workload: {exc}")
+        return workload
 
 
 def _finished(job: dict[str, Any]) -> bool:
@@ -207,10 +245,12 @@ async def _reconcile(tj: dict[str, Any]) -> None:
             await _reconcile(tj)  # creates the next attempt's Job now, not at the next resync
             return
 
+    workload = await _hold_in_kueue(spec, current) \
+        if spec.queue and not _finished(current) else None
     pods = await _pods(current) if _waiting_for_workers(spec, current) else []
     output = job_output(current) or resolve_output(spec, tj)
     await _write(tj, observe(spec, tj, current, output, now, note, pods=pods, attempt=attempt,
-                             verdict=verdict))
+                             verdict=verdict, kueue=kueue_reason(workload)))
 
 
 def _waiting_for_workers(spec: TrainingJobSpec, job: dict[str, Any]) -> bool:

@@ -90,7 +90,9 @@ class Cluster:
 
     def __init__(self, directory: Path, gpu_nodes: int = 4, cpu_nodes: int = 2,
                  gpus_per_node: int = 8, install_crds: bool = True, serving: bool = True,
-                 kserve_gateway_api: bool = False,
+                 kserve_gateway_api: bool = False, kueue: bool = False,
+                 training_operator: bool = False, training_operator_threads: int = 1,
+                 training_operator_qps: int = 20,
                  log: Callable[[str], None] | None = None) -> None:
         self.dir = directory.resolve()
         self.gpu_nodes = gpu_nodes
@@ -101,6 +103,11 @@ class Cluster:
         self.serving = serving and install_crds
         # KServe routes through HTTPRoutes instead of Ingresses (see serving.py for the catch).
         self.kserve_gateway_api = kserve_gateway_api
+        # On-demand peers (devcluster/peers.py), built on first use; they need the CRDs step.
+        self.kueue = kueue and install_crds
+        self.training_operator = training_operator and install_crds
+        self.training_operator_threads = training_operator_threads
+        self.training_operator_qps = training_operator_qps
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.state: ClusterState | None = None
         self.bin = Path()
@@ -217,6 +224,17 @@ class Cluster:
                 from slipway.devcluster.serving import ServingStack
 
                 ServingStack(self, built, self.kserve_gateway_api).start()
+            if self.training_operator or self.kueue:
+                from slipway.devcluster import peers
+
+                # The training-operator first: Kueue then manages PyTorchJobs too.
+                if self.training_operator:
+                    qps = self.training_operator_qps
+                    peers.start_training_operator(
+                        self, threads=self.training_operator_threads, qps=qps,
+                        burst=max(qps * 3 // 2, 30))
+                if self.kueue:
+                    peers.start_kueue(self)
         except BaseException:
             self.stop()
             raise

@@ -195,9 +195,29 @@ def running_workers(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
     """Workers running or done. Job.status.active also counts Pending pods, so it is not used:
     ready pods, or the pods' own phase when the caller looked at them."""
     js = job.get("status") or {}
-    running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
-                  and not p["metadata"].get("deletionTimestamp"))
-    return max(js.get("ready") or 0, running) + (js.get("succeeded") or 0)
+    # A pod that just completed counts as succeeded in neither `ready` nor (for a moment) the
+    # Job's `succeeded`: its own phase says it is done.
+    live = [(p.get("status") or {}).get("phase") for p in pods
+            if not p["metadata"].get("deletionTimestamp")]
+    running, done = live.count("Running"), live.count("Succeeded")
+    return max(max(js.get("ready") or 0, running) + (js.get("succeeded") or 0), running + done)
+
+
+def kueue_reason(workload: dict[str, Any] | None) -> tuple[str, str] | None:
+    """Why Kueue holds a job back (reason, message), from its Workload; None when it does
+    not (or there is no Workload)."""
+    if not workload:
+        return None
+    conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    if (workload.get("spec") or {}).get("active") is False:
+        return "Deactivated", "its Kueue Workload is deactivated (spec.active: false)"
+    evicted = conds.get("Evicted") or {}
+    if evicted.get("status") == "True":
+        return evicted.get("reason") or "Evicted", f"evicted by Kueue: {evicted.get('message')}"
+    reserved = conds.get("QuotaReserved") or {}
+    if reserved.get("status") == "False" and reserved.get("message"):
+        return "WaitingForAdmission", str(reserved["message"])
+    return None
 
 
 def restarting(spec: TrainingJobSpec, tj: dict[str, Any], verdict: Verdict, attempt: int,
@@ -216,7 +236,8 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
             output: dict[str, str] | None, now: str, note: str | None = None, *,
             pods: Sequence[dict[str, Any]] = (), attempt: int = 0,
             verdict: Verdict | None = None,
-            waiting: tuple[str, str] | None = None) -> Observation:
+            waiting: tuple[str, str] | None = None,
+            kueue: tuple[str, str] | None = None) -> Observation:
     """The new status of *tj* given its current attempt's Job (None when not created yet),
     that Job's pods (only needed while it waits for workers), the verdict on a failed Job,
     and, with no Job, why it is waiting (reason, message)."""
@@ -269,6 +290,8 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
                 reason, message = "Suspended", "suspended by spec.runPolicy.suspend"
             else:
                 reason, message = "WaitingForAdmission", f"waiting for Kueue queue {spec.queue}"
+                if kueue:  # Kueue's own word: no quota, preempted, deactivated, ...
+                    reason, message = kueue[0], f"{message}: {kueue[1]}"
         elif (running := running_workers(job, pods)) >= spec.workers:
             phase, reason = "Running", "JobRunning"
             message = f"{spec.workers}/{spec.workers} worker(s) running"
