@@ -64,6 +64,15 @@ class FlakyModel:
         self._maybe_fail("predict_proba")
         return self.model.predict_proba(x)
 
+    @property
+    def classes_(self) -> Any:
+        """The wrapped estimator's classes (AttributeError, like it, when it has none)."""
+        return self.model.classes_
+
+    @property
+    def n_features_in_(self) -> Any:
+        return self.model.n_features_in_
+
     def __repr__(self) -> str:
         return f"FlakyModel({self.model!r}, fail_share={self.fail_share}, seed={self.seed})"
 
@@ -94,6 +103,15 @@ class SlowModel:
     def predict_proba(self, x: Any) -> Any:
         self._delay()
         return self.model.predict_proba(x)
+
+    @property
+    def classes_(self) -> Any:
+        """The wrapped estimator's classes (AttributeError, like it, when it has none)."""
+        return self.model.classes_
+
+    @property
+    def n_features_in_(self) -> Any:
+        return self.model.n_features_in_
 
     def __repr__(self) -> str:
         return f"SlowModel({self.model!r}, added_latency_ms={self.added_latency_ms})"

@@ -65,7 +65,11 @@ def load(name: str) -> dict[str, Any]:
     return doc
 
 
-RUNTIMES = [("slipway-sklearn", "sklearn"), ("slipway-xgboost", "xgboost")]
+RUNTIMES = [
+    ("slipway-onnx", "onnx"),
+    ("slipway-sklearn", "sklearn"),
+    ("slipway-xgboost", "xgboost"),
+]
 
 
 def test_every_manifest_is_covered() -> None:
@@ -88,7 +92,8 @@ def test_manifest_settings(name: str, fmt: str) -> None:
     assert spec["supportedModelFormats"] == [
         {"name": fmt, "version": "1", "autoSelect": True, "priority": 2}
     ]
-    assert spec["protocolVersions"] == ["v1", "v2"]
+    # grpc-v2 on 8081 (kserve's default gRPC port, passed explicitly).
+    assert spec["protocolVersions"] == ["v1", "v2", "grpc-v2"]
     assert spec["annotations"] == {
         "prometheus.kserve.io/port": "8080",
         "prometheus.kserve.io/path": "/metrics",
@@ -100,7 +105,11 @@ def test_manifest_settings(name: str, fmt: str) -> None:
         "--model_dir=/mnt/models",
         "--model_name={{.Name}}",
         "--http_port=8080",
+        "--grpc_port=8081",
     ]
+    # One declared port: Knative serves a single container port (gRPC's is declared on the
+    # InferenceService that uses grpc-v2).
+    assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
     assert set(container["resources"]) == {"requests", "limits"}
     sc = container["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000

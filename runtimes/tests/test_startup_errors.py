@@ -10,7 +10,11 @@ from conftest import free_port, server_command
 
 from slipway_runtimes.base import ModelLoadError, find_model_file
 
-SERVERS = [("sklearn_server", "model.joblib"), ("xgboost_server", "model.ubj")]
+SERVERS = [
+    ("sklearn_server", "model.joblib"),
+    ("xgboost_server", "model.ubj"),
+    ("onnx_server", "model.onnx"),
+]
 
 
 def run_to_exit(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -52,8 +56,7 @@ def test_find_model_file_prefers_canonical_name_then_single_match(tmp_path: Path
     assert find_model_file(tmp_path, names) == tmp_path / "model.pkl"
 
 
-def test_multiple_workers_are_refused(tmp_path: Path) -> None:
-    # Extra uvicorn worker processes would bypass the in-process metrics: refuse them.
-    result = run_to_exit([*server_command("sklearn_server", tmp_path), "--workers=2"])
+def test_workers_must_be_positive(tmp_path: Path) -> None:
+    result = run_to_exit([*server_command("sklearn_server", tmp_path), "--workers=0"])
     assert result.returncode == 2
-    assert "only --workers=1 is supported" in result.stderr
+    assert "--workers must be at least 1" in result.stderr

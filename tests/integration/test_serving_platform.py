@@ -288,3 +288,61 @@ def test_httproute_weights_split_traffic_90_10(kubectl: Kubectl, namespace: str,
     print(f"\n90/10 HTTPRoute: {got} -> canary share {share:.4f} over {total} requests; "
           f"{report.summary()}")
     assert 0.08 <= share <= 0.12, got
+
+
+ONNX_MODEL = """
+import sys
+import numpy as np
+from skl2onnx import to_onnx
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+X, y = make_classification(n_samples=400, n_features=4, n_informative=3, n_redundant=0,
+                           random_state=0)
+clf = LogisticRegression().fit(X, y)
+graph = to_onnx(clf, X[:1].astype(np.float32), options={"zipmap": False}, target_opset=17)
+open(sys.argv[1] + "/model.onnx", "wb").write(graph.SerializeToString())
+rows = np.array(eval(sys.argv[2]))
+print(clf.predict(rows).tolist())
+"""
+
+
+def test_onnx_model_autoselects_the_slipway_onnx_runtime(
+        kubectl: Kubectl, namespace: str, gateway: str, prometheus: str,
+        model_store: Path) -> None:
+    """An InferenceService of model format onnx gets the slipway-onnx ClusterServingRuntime
+    (supportedModelFormats onnx, autoSelect) and its server answers V2 through the gateway."""
+    import subprocess
+
+    from slipway.devcluster.serving import runtimes_venv
+
+    uri = f"s3://models/{namespace}/onnx/v1"
+    target = local_path(model_store, uri)
+    target.mkdir(parents=True)
+    built = subprocess.run([str(runtimes_venv() / "bin" / "python"), "-c", ONNX_MODEL,
+                            str(target), repr(ROWS)], check=True, capture_output=True, text=True)
+    expected = json.loads(built.stdout)
+    apply(kubectl, namespace, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "churn"},
+        "spec": {"predictor": {"model": {
+            "modelFormat": {"name": "onnx"}, "storageUri": uri, "protocolVersion": "v2",
+            "env": [{"name": "MODEL_VERSION", "value": "onnx-v1"}]}}}})
+    wait_for(lambda: condition(status(kubectl, "inferenceservice", namespace, "churn"),
+                               "Ready").get("status") == "True",
+             TIMEOUT, what="InferenceService of format onnx Ready")
+    isvc = kubectl.get("inferenceservice", "churn", namespace)
+    assert isvc is not None
+    pods = kubectl.items("pods", namespace, "serving.kserve.io/inferenceservice=churn")
+    assert [c["command"] for c in pods[0]["spec"]["containers"]
+            if c["name"] == "kserve-container"] == [["slipway-onnx-server"]]
+
+    # The graph's first output (label) answers first; the ONNX input name does not matter
+    # for a single-input graph.
+    assert infer(gateway, isvc["status"]["url"], "churn", ROWS) == expected
+
+    def scraped() -> list[dict[str, Any]]:
+        return query(prometheus, f'slipway_model_requests_total{{namespace="{namespace}",'
+                                 f'inferenceservice="churn",code="2xx"}}')
+
+    series = wait_for(scraped, 30, what="the ONNX server's request counter in Prometheus")
+    assert series[0]["metric"]["model_version"] == "onnx-v1"
