@@ -268,3 +268,11 @@ def test_kueue_reason_comes_from_the_workload() -> None:
     assert obs.status["phase"] == "Queued"
     assert obs.status["message"] == ("waiting for Kueue queue team: insufficient unused quota "
                                      "for nvidia.com/gpu, 4 more needed")
+
+
+def test_a_running_job_has_a_start_time_before_the_job_controller_writes_one() -> None:
+    obs = observe(SPEC, tj({"phase": "Pending"}), job(active=2, ready=2), None, NOW)
+    assert obs.status["phase"] == "Running" and obs.status["startTime"] == NOW
+    later = observe(SPEC, tj(obs.status), job(active=2, ready=2, startTime="2030-01-01T00:00:00Z"),
+                    None, "2030-01-01T00:00:05Z")
+    assert later.status["startTime"] == NOW  # kept, never moved

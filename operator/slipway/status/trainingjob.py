@@ -322,6 +322,10 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
         # agree with the phase, never say Failed and Succeeded at once.
         cond("Failed", False, phase, "")
 
+    if phase == "Running" and not status.get("startTime"):
+        # Workers run before the Job controller has written its own startTime (it lags under
+        # load): a Running job always has one, and the first one seen is kept.
+        status["startTime"] = now
     start, end = _parse(status.get("startTime")), _parse(status.get("completionTime"))
     if start and end:
         status["duration"] = format_duration((end - start).total_seconds())
