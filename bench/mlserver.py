@@ -10,7 +10,8 @@ Booster, 20 features) over V2 REST on loopback, driven by the same client in its
 For 1 worker every server is pinned to core 0 and the client to core 1; for 2 workers the
 servers get cores 0-1 and the client shares them (a 2-core machine has no third). MLServer is
 tried in several settings (parallel_workers 0, its default 1, and 2 with 2 cores; debug off,
-i.e. no access log, like ours by default) and its best one is compared with ours. Rounds
+i.e. no access log, like ours by default) and its best one is compared with ours. Both servers
+run with OMP_NUM_THREADS=1 (one XGBoost thread per process, our server's default). Rounds
 alternate the servers (order rotated each round); figures are medians over the rounds.
 
 MLServer runs from its own virtualenv (default ~/.cache/slipway/mlserver-venv, created on
@@ -212,7 +213,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # One OpenMP/BLAS thread per process for both servers: XGBoost's default of one per
+        # core makes N workers x N threads spin against each other (ours passes --nthread 1 to
+        # XGBoost by default anyway; MLServer has no such setting).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         with self.log.open("wb") as log:
             # Own process group: MLServer's and our worker processes are stopped with it.
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -465,6 +469,7 @@ def main() -> int:
             "pinning": "1 worker: server core 0, client core 1; 2 workers: all on cores 0-1",
             "configs": [{"name": c.name, "workers": c.workers, **c.settings} for c in cfgs],
             "mlserver_settings": "debug=false (no access log); parallel_workers as named",
+            "environment": "OMP_NUM_THREADS=1 for both servers",
         },
         "versions": {
             "slipway": _versions(RUNTIMES_PY, ["slipway-runtimes", "kserve", "uvicorn",

@@ -104,12 +104,21 @@ class SlipwayModel(kserve.Model):  # type: ignore[misc]
     named_outputs = False
 
     def __init__(
-        self, name: str, model_dir: str, model_version: str, metrics: SlipwayMetrics | None
+        self,
+        name: str,
+        model_dir: str,
+        model_version: str,
+        metrics: SlipwayMetrics | None,
+        nthread: int = 1,
     ) -> None:
         super().__init__(name)
         self.model_dir = model_dir
         self.model_version = model_version
         self.metrics = metrics
+        # Threads per prediction, for the libraries that run their own pool (XGBoost's OpenMP,
+        # onnxruntime's intra-op pool). 1 by default, as KServe's xgbserver: a request's batch is
+        # small, and N workers x M threads on N cores spin against each other.
+        self.nthread = nthread
         self.model_path: Path | None = None
         self.impl: Any = None
         self._hooks: tuple[Any, ...] | None = None
@@ -369,6 +378,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="Log one line per request (uvicorn's access log). Off by default: it costs a "
         "noticeable share of a small model's request time.",
     )
+    parser.add_argument(
+        "--nthread",
+        type=int,
+        default=1,
+        help="Threads per prediction for XGBoost and onnxruntime (0: the library's default, "
+        "one per core). scikit-learn ignores it.",
+    )
     # Per-request logging is off unless asked for (kserve's default is on).
     parser.set_defaults(enable_latency_logging=False)
     return parser
@@ -402,6 +418,7 @@ def run_server(model_cls: type[SlipwayModel], argv: Sequence[str] | None = None)
     try:
         metrics = SlipwayMetrics.create(prediction_buckets=args.prediction_buckets)
         model = model_cls(args.model_name, args.model_dir, args.model_version, metrics)
+        model.nthread = args.nthread
         try:
             model.load()
         except ModelLoadError as e:

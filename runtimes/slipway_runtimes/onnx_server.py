@@ -56,7 +56,13 @@ class ONNXModel(SlipwayModel):
     named_outputs = True
 
     def load_file(self, path: Path) -> Any:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if self.nthread > 0:
+            options.intra_op_num_threads = self.nthread
+            options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         tensors = [o for o in session.get_outputs() if o.type in ONNX_TYPES]
         if not tensors:
             raise ValueError("the graph has no tensor output to serve")

@@ -38,9 +38,10 @@ class SKLearnModel(SlipwayModel):
         model_dir: str,
         model_version: str,
         metrics: SlipwayMetrics | None,
+        nthread: int = 1,
         predict_proba: bool | None = None,
     ) -> None:
-        super().__init__(name, model_dir, model_version, metrics)
+        super().__init__(name, model_dir, model_version, metrics, nthread)
         if predict_proba is None:
             predict_proba = bool(strtobool(os.environ.get(ENV_PREDICT_PROBA, "false")))
         self.proba_by_default = predict_proba

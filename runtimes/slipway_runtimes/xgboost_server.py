@@ -24,6 +24,8 @@ class XGBoostModel(SlipwayModel):
     def load_file(self, path: Path) -> Any:
         booster = xgb.Booster()
         booster.load_model(str(path))
+        if self.nthread > 0:
+            booster.set_param({"nthread": self.nthread})
         return booster
 
     def _columns(self) -> int:

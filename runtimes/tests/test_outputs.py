@@ -278,3 +278,26 @@ def test_batched_observations_equal_one_observe_per_value() -> None:
     assert family("slipway_model_prediction") == family("ref")
     ours = sample(got, "slipway_model_prediction_sum", model_name="m", model_version="v")
     assert math.isnan(ours)  # a NaN prediction poisons _sum, as observe() does
+
+
+def test_nthread_reaches_xgboost_and_onnxruntime(tmp_path: Path, softprob: xgb.Booster) -> None:
+    import json
+
+    from skl2onnx import to_onnx
+
+    from slipway_runtimes.base import build_parser
+    from slipway_runtimes.onnx_server import ONNXModel
+
+    assert build_parser("x").parse_args([]).nthread == 1  # KServe's xgbserver default
+    softprob.save_model(str(tmp_path / "model.json"))
+    graph = to_onnx(LogisticRegression(max_iter=1000).fit(X, Y), X[:1].astype(np.float32),
+                    options={"zipmap": False}, target_opset=17)  # fmt: skip
+    (tmp_path / "model.onnx").write_bytes(graph.SerializeToString())
+    for nthread in (1, 3):
+        booster = XGBoostModel("m", str(tmp_path), "v", None, nthread)
+        booster.load()
+        config = json.loads(booster.impl.save_config())
+        assert config["learner"]["generic_param"]["nthread"] == str(nthread)
+        onnx_model = ONNXModel("m", str(tmp_path), "v", None, nthread)
+        onnx_model.load()
+        assert onnx_model.impl.get_session_options().intra_op_num_threads == nthread
