@@ -50,8 +50,11 @@ runtimes-test:
 test: lint control-plane runtimes-test
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
+# Figures are printed and saved as JSON (bench-*.json, not tracked). bench.scale builds
+# Kubeflow's training-operator on first use (a few minutes, cached); SCALE_ARGS to shrink it.
 bench: setup control-plane
-	$(PY) -m bench.run
+	$(PY) -m bench.run --out bench-run.json
+	$(PY) -m bench.scale --out bench-scale.json $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) runtimes/.venv .pytest_cache .mypy_cache .ruff_cache

@@ -11,13 +11,17 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from slipway import metrics
+
 FIELD_MANAGER = "slipway"
+POOL_SIZE = 32  # connections kept to the API server
 
 # (apiVersion, kind) -> plural, for building REST paths without discovery.
 PLURALS: dict[tuple[str, str], str] = {
@@ -51,11 +55,15 @@ def api_client() -> client.ApiClient:
     global _api
     with _lock:
         if _api is None:
+            configuration = client.Configuration()
             try:
-                config.load_incluster_config()
+                config.load_incluster_config(client_configuration=configuration)
             except config.ConfigException:
-                config.load_kube_config()
-            _api = client.ApiClient()
+                config.load_kube_config(client_configuration=configuration)
+            # One pooled connection per API call in flight (slipway.runner.API_THREADS);
+            # the default pool (5 per core) drops and re-opens connections under a burst.
+            configuration.connection_pool_maxsize = POOL_SIZE
+            _api = client.ApiClient(configuration)
         return _api
 
 
@@ -74,8 +82,19 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
     return "/".join(parts)
 
 
+def resource_of(url: str) -> str:
+    """The resource a REST path names: the segment after the group/version or namespace."""
+    parts = url.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return rest[0] if rest else "namespaces"
+
+
 def _call(method: str, url: str, body: Any = None, content_type: str = "application/json",
-          query: list[tuple[str, Any]] | None = None) -> dict[str, Any] | None:
+          query: list[tuple[str, Any]] | None = None, verb: str | None = None
+          ) -> dict[str, Any] | None:
+    metrics.API_REQUESTS.labels(verb or method, resource_of(url)).inc()
     api = api_client()
     headers = {"Accept": "application/json", "Content-Type": content_type}
     method, full_url, headers, body, post = api.param_serialize(
@@ -139,14 +158,48 @@ async def get(api_version: str, kind: str, namespace: str | None,
 
 async def list_objects(api_version: str, kind: str, namespace: str | None,
                        label_selector: str | None = None) -> list[dict[str, Any]]:
-    query = [("labelSelector", label_selector)] if label_selector else []
-    result = await asyncio.to_thread(
-        _call, "GET", path(api_version, kind, namespace), None, "application/json", query)
-    items = list((result or {}).get("items", []))
-    for item in items:  # list items carry no apiVersion/kind of their own
-        item.setdefault("apiVersion", api_version)
-        item.setdefault("kind", kind)
+    items: list[dict[str, Any]] = []
+    async for page in list_pages(api_version, kind, namespace, label_selector, limit=0):
+        items.extend(page)
     return items
+
+
+async def list_pages(api_version: str, kind: str, namespace: str | None,
+                     label_selector: str | None = None, limit: int = 500
+                     ) -> AsyncIterator[list[dict[str, Any]]]:
+    """LIST in pages of *limit* (0: one page), so a caller that handles a page at a time
+    holds a page, not 10,000 objects. A continue token the server has expired (410) raises
+    KubeError: the caller starts over on its next pass."""
+    async for items, _ in list_pages_with_meta(api_version, kind, namespace, label_selector,
+                                               limit):
+        yield items
+
+
+async def list_pages_with_meta(api_version: str, kind: str, namespace: str | None,
+                               label_selector: str | None = None, limit: int = 500
+                               ) -> AsyncIterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """`list_pages`, each page with the list's metadata (its resourceVersion, for a watch)."""
+    token: str | None = None
+    while True:
+        query: list[tuple[str, Any]] = []
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if limit:
+            query.append(("limit", limit))
+        if token:
+            query.append(("continue", token))
+        result = await asyncio.to_thread(
+            _call, "GET", path(api_version, kind, namespace), None, "application/json", query,
+            "LIST")
+        items = list((result or {}).get("items", []))
+        for item in items:  # list items carry no apiVersion/kind of their own
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        meta = (result or {}).get("metadata") or {}
+        yield items, meta
+        token = meta.get("continue")
+        if not token:
+            return
 
 
 async def patch(api_version: str, kind: str, namespace: str | None, name: str,

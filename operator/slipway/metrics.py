@@ -14,6 +14,18 @@ PHASE = Gauge(
     "slipway_resources", "Resources per kind and phase, as of the last resync.",
     ["kind", "phase"])
 
+API_REQUESTS = Counter(
+    "slipway_api_requests_total",
+    "Requests the operator's own client made to the API server, by verb (LIST apart from "
+    "GET) and resource. Kopf's watches and its own patches are not counted.",
+    ["verb", "resource"])
+RESYNC_SKIPPED = Counter(
+    "slipway_resync_skipped_total",
+    "Objects a resync tick left alone because nothing changed since they settled.", ["kind"])
+RESYNC_SECONDS = Histogram(
+    "slipway_resync_duration_seconds", "Time one resync pass over every kind took.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+
 _started = False
 _seen: set[tuple[str, str]] = set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 from typing import Any
@@ -14,6 +15,7 @@ from slipway.config import SETTINGS, Settings, activate, active
 from slipway.leader import Elector
 
 log = logging.getLogger("slipway.runner")
+API_THREADS = 32  # API calls in flight at once (and the client's connection pool size)
 
 
 @kopf.on.startup()
@@ -40,6 +42,11 @@ def _lost_lease() -> None:
 
 
 async def _main(settings: Settings) -> None:
+    # Every API call runs in a worker thread (slipway.kube). asyncio's default pool has
+    # min(32, cores + 4) threads, 6 on 2 cores: a burst of a thousand creates would queue
+    # behind 6 calls in flight. The calls wait on the network, not the CPU.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube"))
     # A resync tick may take a while with many objects; liveness waits several intervals.
     health.HEALTH.stale_after = max(180.0, 6 * settings.resync_seconds)
     server = await health.serve(settings.liveness_port)

@@ -21,6 +21,8 @@ Why each piece:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -105,3 +107,37 @@ async def write_status(obj: Mapping[str, Any], new: Mapping[str, Any],
         if exc.status == 404:  # deleted meanwhile
             return None
         raise
+
+
+APPLIED_HASH = "slipway.dev/applied-hash"
+
+
+def stamped(manifest: dict[str, Any]) -> dict[str, Any]:
+    """*manifest* with an annotation holding the hash of everything else in it, so a later
+    reconcile can tell "nothing to apply" from "a field was dropped from the spec" (which
+    server-side apply removes, and which `covers` alone cannot see)."""
+    body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(body).hexdigest()[:16]
+    meta = manifest["metadata"]
+    return {**manifest, "metadata": {
+        **meta, "annotations": {**(meta.get("annotations") or {}), APPLIED_HASH: digest}}}
+
+
+def unchanged(live: Mapping[str, Any] | None, manifest: dict[str, Any]) -> bool:
+    """True when applying *manifest* (from `stamped`) to *live* would change nothing: the
+    same manifest was applied last and every field of it still holds."""
+    return live is not None and covers(live, manifest)
+
+
+def covers(live: Any, desired: Any) -> bool:
+    """True when *live* already has every field *desired* sets, with the same value: applying
+    *desired* would change nothing, so the PATCH is skipped. Fields the server or another
+    controller added (defaults, status) are ignored; lists must match item by item. A value
+    the server normalised (say "1000m" for "1") reads as drift, which only costs an apply."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            k in live and covers(live[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(live) == len(desired) and all(
+            covers(a, b) for a, b in zip(live, desired, strict=True))
+    return bool(live == desired)

@@ -1,6 +1,6 @@
 """ModelDeployment handlers: keep one KServe InferenceService per ModelDeployment.
 
-One level-based `reconcile()` sits behind create/update/resume, the operator-wide
+One level-based `reconcile()` sits behind create/update, the operator-wide
 resync loop (controllers.resync), InferenceService events and TrainingJob events:
 parse the spec, resolve the model, build the InferenceService (pure),
 server-side apply it, and mirror its status back. User mistakes become a condition, a
@@ -33,7 +33,7 @@ from slipway.builders.inferenceservice import (
 )
 from slipway.canary import children
 from slipway.config import active
-from slipway.controllers import common, resync
+from slipway.controllers import common, resync, settled
 from slipway.status.modeldeployment import mirror_status, transition_events
 from slipway.status.predictor import predictor_problem
 
@@ -45,6 +45,8 @@ TEMPORARY_DELAY = 10.0
 OWNED = ("phase", "message", "conditions", "observedGeneration", "url", "servingVersion",
          "model", "inferenceService")
 
+# Phases in which nothing changes without an event of a child (controllers.settled).
+SETTLED_PHASES = ("Ready", "Stopped")
 # KServe labels every pod of an InferenceService with its name.
 ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
 
@@ -109,6 +111,7 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
         body = await common.fresh(API_VERSION, KIND, namespace, name)
         if body is None:
             return None
+        settled.forget(KIND, body)  # marked again below only if it ends settled
         generation = body["metadata"].get("generation")
         old = body.get("status") or {}
         conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
@@ -168,11 +171,14 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
             # version, or the one being promoted); the resolved model starts a rollout.
             served = pin.model if pin else model
             assert served is not None
-            manifest = build_inference_service(
+            manifest = common.stamped(build_inference_service(
                 spec, body, served, default_mode,
-                canary_traffic_percent=pin.canary_traffic_percent if pin else None)
+                canary_traffic_percent=pin.canary_traffic_percent if pin else None))
             try:
-                isvc = await kube.apply(manifest)
+                # An unchanged InferenceService is not patched (a no-op PATCH per object
+                # per tick adds up at scale).
+                isvc = existing if common.unchanged(existing, manifest) \
+                    else await kube.apply(manifest)
             except kube.KubeError as exc:
                 if common.transient(exc):
                     raise
@@ -195,24 +201,28 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
             "model": model.wire() if model else old.get("model"),
             "inferenceService": name if isvc else None,
         }
-        await _write_status(body, old, new, logger)
+        written = await _write_status(body, old, new, logger)
+        if seen.phase in SETTLED_PHASES and not user_error:
+            settled.mark(KIND, written or body)
         return Outcome(seen.phase, seen.message, user_error=user_error)
 
 
 async def _write_status(body: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
-                        logger: kopf.Logger) -> None:
-    """Patch the status fields this controller owns when they changed, and emit Events."""
-    if not await common.write_status(body, new, OWNED):
-        return
+                        logger: kopf.Logger) -> dict[str, Any] | None:
+    """Patch the status fields this controller owns when they changed, and emit Events.
+    Returns the patched object (None when nothing changed)."""
+    written = await common.write_status(body, new, OWNED)
+    if not written:
+        return None
     for type_, reason, message in transition_events(old, new):
         logger.info(f"{type_} {reason}: {message}")
         events.emit(body, type_, reason, message)
+    return written
 
 
 HANDLER_OPTIONS: dict[str, Any] = {"retries": 20, "backoff": 5.0, "timeout": 600.0}
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, **HANDLER_OPTIONS)
 @kopf.on.create(GROUP, VERSION, PLURAL, **HANDLER_OPTIONS)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", **HANDLER_OPTIONS)
 async def reconcile_modeldeployment(namespace: str | None, name: str, logger: kopf.Logger,
@@ -238,7 +248,13 @@ async def _resync(body: dict[str, Any]) -> None:
     await reconcile(meta["namespace"], meta["name"], _log)
 
 
-resync.register(API_VERSION, KIND, _resync)
+def _nothing_to_do(body: dict[str, Any]) -> bool:
+    """The resync tick skips a ModelDeployment still as it settled (controllers.settled):
+    its InferenceService's, TrainingJob's and Canary's changes wake it by their events."""
+    return settled.is_settled(KIND, body)
+
+
+resync.register(API_VERSION, KIND, _resync, skip=_nothing_to_do)
 
 
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices",

@@ -5,6 +5,12 @@ finalizer then blocks namespace deletion once the operator is gone. A single
 background loop that lists each kind and reconciles every object gives the same
 level-based safety net (deleted children come back, TTLs fire, child status
 flows in) with no finalizer at all.
+
+At scale, a tick must cost little when nothing changes: each kind is listed in pages (a page
+at a time is held and reconciled), and a kind's `skip` predicate leaves alone the objects a
+LIST shows need nothing (a finished TrainingJob, an object still as it settled, see
+controllers.settled). So an idle operator makes one LIST per kind per tick, not one GET and
+LIST per object.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import kopf
 
 from slipway import health, kube, metrics
 from slipway.config import active
+from slipway.controllers import settled
 
 log = logging.getLogger("slipway.resync")
 
@@ -28,7 +35,13 @@ RECONCILE_TIMEOUT = 60.0  # seconds one object may take within a tick
 LOOP = "resync"  # its name in /healthz
 CONCURRENCY = 8  # objects reconciled at once within a tick
 
+PAGE = 500  # objects per LIST page
 Reconciler = Callable[[dict[str, Any]], Awaitable[None]]
+Skip = Callable[[dict[str, Any]], bool]
+
+
+def _never(_: dict[str, Any]) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -36,14 +49,16 @@ class _Entry:
     api_version: str
     kind: str
     reconcile: Reconciler
+    skip: Skip
 
 
 _REGISTRY: list[_Entry] = []
 
 
-def register(api_version: str, kind: str, reconcile: Reconciler) -> None:
-    """Have *reconcile* called with every object of *kind* on each resync tick."""
-    _REGISTRY.append(_Entry(api_version, kind, reconcile))
+def register(api_version: str, kind: str, reconcile: Reconciler, skip: Skip = _never) -> None:
+    """Have *reconcile* called with every object of *kind* on each resync tick, except those
+    for which *skip* (given the object as listed) says there is nothing to do."""
+    _REGISTRY.append(_Entry(api_version, kind, reconcile, skip))
 
 
 async def resync_once(concurrency: int = CONCURRENCY) -> int:
@@ -68,22 +83,35 @@ async def resync_once(concurrency: int = CONCURRENCY) -> int:
                 return False
 
     for entry in _REGISTRY:
+        phases: list[str | None] = []
+        uids: set[str] = set()
         try:
-            objs = await kube.list_objects(entry.api_version, entry.kind, active().namespace)
+            async for page in kube.list_pages(entry.api_version, entry.kind,
+                                              active().namespace, limit=PAGE):
+                phases += [(o.get("status") or {}).get("phase") for o in page]
+                uids |= {o["metadata"]["uid"] for o in page}
+                live = [o for o in page if not o["metadata"].get("deletionTimestamp")]
+                todo = [o for o in live if not entry.skip(o)]
+                metrics.RESYNC_SKIPPED.labels(entry.kind).inc(len(live) - len(todo))
+                done = await asyncio.gather(*(one(entry, o) for o in todo))
+                count += sum(done)
         except kube.KubeError as exc:
             log.warning(f"listing {entry.kind} failed, retrying next tick: {exc}")
             continue
-        metrics.set_phases(entry.kind, [(o.get("status") or {}).get("phase") for o in objs])
-        live = [o for o in objs if not o["metadata"].get("deletionTimestamp")]
-        done = await asyncio.gather(*(one(entry, o) for o in live))
-        count += sum(done)
+        metrics.set_phases(entry.kind, phases)
+        settled.prune(entry.kind, uids)
     return count
 
 
 async def _loop(interval: float) -> None:
+    # The first pass runs at once: it is what Kopf's on.resume handlers would do at start
+    # (re-check every object), without Kopf's bookkeeping patch on each of them.
+    first = True
     while True:
         health.HEALTH.beat(LOOP)
-        await asyncio.sleep(interval)
+        if not first:
+            await asyncio.sleep(interval)
+        first = False
         start = time.monotonic()
         try:
             count = await resync_once()
@@ -91,6 +119,7 @@ async def _loop(interval: float) -> None:
             log.exception("resync tick failed; trying again next tick")
             continue
         took = time.monotonic() - start
+        metrics.RESYNC_SECONDS.observe(took)
         if took > interval:
             log.warning(f"resync of {count} objects took {took:.1f}s, longer than the "
                         f"{interval:.0f}s interval")

@@ -1,6 +1,6 @@
 """TrainingJob handlers: parse, build, apply, observe, write status.
 
-Level-based: create/update/resume, the operator-wide resync and every event of an owned
+Level-based: create/update, the operator-wide resync and every event of an owned
 Job all run the same idempotent `reconcile()`, which re-reads the TrainingJob under its lock
 and only looks at the Jobs it controls (by owner UID). Finished jobs are never re-run.
 
@@ -15,7 +15,10 @@ an operator crash between the steps neither skips an attempt nor runs one twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
 import kopf
@@ -33,14 +36,17 @@ from slipway.builders.trainingjob import (
     job_output,
     resolve_output,
 )
-from slipway.controllers import resync
+from slipway.config import active
+from slipway.controllers import resync, settled
 from slipway.controllers.common import (
     controller_uid,
     fresh,
     object_lock,
     owned,
     owned_by,
+    stamped,
     transient,
+    unchanged,
     write_status,
 )
 from slipway.events import emit
@@ -59,14 +65,18 @@ from slipway.status.trainingjob import (
     running_workers,
     ttl_expired,
 )
+from slipway.watch import SelectorWatch
 
 KIND = "TrainingJob"
+_log = logging.getLogger("slipway.trainingjob")
 LABEL = "slipway.dev/trainingjob"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 PENDING_EDIT = "spec changes apply after suspend and resume"
 WORKLOAD_API, JOB_UID_LABEL = "kueue.x-k8s.io/v1beta1", "kueue.x-k8s.io/job-uid"
 # On a Kueue Workload that Slipway deactivated for runPolicy.suspend.
 HELD_ANNOTATION = "slipway.dev/held"
+# A phase in which nothing changes without an event of the Job (controllers.settled).
+SETTLED_PHASES = ("Running",)
 
 
 class Blocked(Exception):
@@ -179,13 +189,16 @@ def _pick(jobs: list[dict[str, Any]], desired: dict[str, Any], attempt: int
     return current, note, [j for j in jobs if id(j) not in keep]
 
 
-async def reconcile(tj: dict[str, Any]) -> None:
+async def reconcile(tj: dict[str, Any], uid: str | None = None) -> None:
     """Reconcile the TrainingJob *tj* names. *tj* may be an old copy (a LIST in the resync
-    loop, a Job event): the object is read again under the lock and only that copy is used."""
+    loop, a Job event): the object is read again under the lock and only that copy is used.
+    With *uid*, only that incarnation of the name is reconciled (a Job's owner)."""
     meta = tj["metadata"]
     async with object_lock(KIND, meta["namespace"], meta["name"]):
         current = await fresh(API_VERSION, KIND, meta["namespace"], meta["name"])
         if current is None:
+            return
+        if uid is not None and current["metadata"].get("uid") != uid:
             return
         with metrics.RECONCILE_SECONDS.labels(KIND).time():
             await _reconcile(current)
@@ -193,6 +206,7 @@ async def reconcile(tj: dict[str, Any]) -> None:
 
 async def _reconcile(tj: dict[str, Any]) -> None:
     meta = tj["metadata"]
+    settled.forget(KIND, tj)  # marked again below only if it ends settled
     now = now_rfc3339()
     try:
         spec = TrainingJobSpec.model_validate(tj.get("spec") or {})
@@ -249,8 +263,11 @@ async def _reconcile(tj: dict[str, Any]) -> None:
         if spec.queue and not _finished(current) else None
     pods = await _pods(current) if _waiting_for_workers(spec, current) else []
     output = job_output(current) or resolve_output(spec, tj)
-    await _write(tj, observe(spec, tj, current, output, now, note, pods=pods, attempt=attempt,
-                             verdict=verdict, kueue=kueue_reason(workload)))
+    result = await _write(tj, observe(spec, tj, current, output, now, note, pods=pods,
+                                      attempt=attempt, verdict=verdict,
+                                      kueue=kueue_reason(workload)))
+    if (result.get("status") or {}).get("phase") in SETTLED_PHASES:
+        settled.mark(KIND, result)
 
 
 def _waiting_for_workers(spec: TrainingJobSpec, job: dict[str, Any]) -> bool:
@@ -307,6 +324,7 @@ async def _create(spec: TrainingJobSpec, tj: dict[str, Any],
 async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
     """Apply the headless Service, unless its name belongs to someone else. A Service of ours
     orphaned by a deleted predecessor (no owner, our labels) is adopted: it holds no state."""
+    service = stamped(service)
     meta = service["metadata"]
     existing = await kube.get("v1", "Service", meta["namespace"], meta["name"])
     if existing is not None and not owned_by(existing, tj):
@@ -315,6 +333,8 @@ async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
             labels.get(LABEL) == tj["metadata"]["name"]
         if not orphan_of_ours:
             raise _taken("Service", existing)
+    elif unchanged(existing, service):
+        return  # nothing drifted: no PATCH
     await kube.apply(service)
 
 
@@ -356,6 +376,8 @@ async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
 
 async def _handle(body: kopf.Body) -> None:
     tj = {"apiVersion": API_VERSION, "kind": KIND, **dict(body)}
+    if _done_for_good(tj):
+        return  # e.g. an edit of a long-finished job: not a GET
     try:
         await reconcile(tj)
         metrics.RECONCILES.labels(KIND, "ok").inc()
@@ -368,7 +390,6 @@ async def _handle(body: kopf.Body) -> None:
 
 @kopf.on.create("slipway.dev", "v1alpha1", "trainingjobs", retries=10, backoff=5, timeout=300)
 @kopf.on.update("slipway.dev", "v1alpha1", "trainingjobs", retries=10, backoff=5, timeout=300)
-@kopf.on.resume("slipway.dev", "v1alpha1", "trainingjobs", retries=10, backoff=5, timeout=300)
 async def trainingjob_changed(body: kopf.Body, **_: Any) -> None:
     await _handle(body)
 
@@ -377,11 +398,30 @@ async def _resync(tj: dict[str, Any]) -> None:
     await reconcile(tj)
 
 
-resync.register(API_VERSION, KIND, _resync)
+def _done_for_good(tj: dict[str, Any]) -> bool:
+    """Finished with no TTL due: a finished job is never re-run, so nothing is left to do."""
+    if not is_final(tj):
+        return False
+    ttl = ((tj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    if ttl is None:
+        return True
+    try:
+        spec = TrainingJobSpec.model_validate(tj.get("spec") or {})
+    except ValidationError:
+        return False
+    return not ttl_expired(spec, tj, dt.datetime.now(dt.UTC))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL: kopf.PRESENT})
-async def job_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
+def _nothing_to_do(tj: dict[str, Any]) -> bool:
+    """Whether the resync tick may skip *tj* as listed: done for good, or settled and
+    unchanged since (controllers.settled)."""
+    return _done_for_good(tj) or settled.is_settled(KIND, tj)
+
+
+resync.register(API_VERSION, KIND, _resync, skip=_nothing_to_do)
+
+
+async def job_event(type: str | None, body: dict[str, Any]) -> None:
     """Reflect every change of an owned Job into its TrainingJob's status at once.
 
     The Job is mapped to its TrainingJob by the controller ownerReference's UID: a Job left
@@ -399,11 +439,25 @@ async def job_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_:
     if not name:
         return
     try:  # an API outage is logged; the resync loop catches up afterwards
-        tj = await fresh(API_VERSION, KIND, meta["namespace"], name)
-        if tj is None or is_final(tj):
-            return
-        if tj["metadata"].get("uid") != uid and type != "DELETED":
-            return
-        await reconcile(tj)
+        # The fresh read (and the final/UID checks) happen once, under the lock.
+        await reconcile({"metadata": {"namespace": meta["namespace"], "name": name}},
+                        uid=None if type == "DELETED" else uid)
     except kube.KubeError as exc:
-        logger.warning(f"could not reconcile {name} after a Job event: {exc}")
+        _log.warning(f"could not reconcile {name} after a Job event: {exc}")
+
+
+@kopf.on.startup()
+async def watch_jobs(memo: kopf.Memo, **_: Any) -> None:
+    """Jobs are watched with a server-side label selector (slipway.watch), not through Kopf,
+    which would stream every Job of the cluster to the operator."""
+    jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, active().namespace)
+    memo["job_watch"] = asyncio.create_task(jobs.run())
+
+
+@kopf.on.cleanup()
+async def stop_watching_jobs(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("job_watch")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,81 @@
+"""The selector watch's work queue and event parsing (no API server: pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from slipway.watch import Gone, SelectorWatch
+
+
+def job(name: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}}
+
+
+async def test_events_of_one_object_coalesce_while_its_handler_runs() -> None:
+    release = asyncio.Event()
+    calls: list[tuple[str | None, str]] = []
+
+    async def handler(type_: str | None, obj: dict[str, Any]) -> None:
+        calls.append((type_, obj["metadata"]["resourceVersion"]))
+        if len(calls) == 1:
+            await release.wait()
+
+    w = SelectorWatch("batch/v1", "Job", "a", handler, workers=4)
+    workers = [asyncio.create_task(w._work()) for _ in range(4)]
+    w.put("ADDED", job("a", "1"))
+    await asyncio.sleep(0.01)
+    for rv in ("2", "3", "4"):  # while the first run is busy: one more run, the newest copy
+        w.put("MODIFIED", job("a", rv))
+    await asyncio.sleep(0.01)
+    assert calls == [("ADDED", "1")]  # never two handlers for one object at once
+    release.set()
+    await asyncio.sleep(0.05)
+    assert calls == [("ADDED", "1"), ("MODIFIED", "4")]
+    for t in workers:
+        t.cancel()
+
+
+async def test_at_most_workers_handlers_run_at_once_and_failures_do_not_stop_it() -> None:
+    running = peak = 0
+    done: list[str] = []
+
+    async def handler(_: str | None, obj: dict[str, Any]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        if obj["metadata"]["name"] == "bad":
+            raise RuntimeError("boom")
+        done.append(obj["metadata"]["name"])
+
+    w = SelectorWatch("batch/v1", "Job", "a", handler, workers=3)
+    workers = [asyncio.create_task(w._work()) for _ in range(3)]
+    w.put(None, job("bad", "1"))
+    for i in range(10):
+        w.put(None, job(f"j{i}", "1"))
+    for _ in range(100):
+        if len(done) == 10:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(done) == sorted(f"j{i}" for i in range(10))
+    assert peak == 3
+    for t in workers:
+        t.cancel()
+
+
+async def test_watch_events_bookmarks_and_expiry() -> None:
+    got: list[tuple[str | None, dict[str, Any]]] = []
+    w = SelectorWatch("batch/v1", "Job", "a", lambda t, o: asyncio.sleep(0))
+    w.put = lambda t, o: got.append((t, o))  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    assert w._event({"type": "ADDED", "object": job("a", "7")}, "5", loop) == "7"
+    assert w._event({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}},
+                    "7", loop) == "9"
+    await asyncio.sleep(0)
+    assert [(t, o["metadata"]["name"], o["kind"]) for t, o in got] == [("ADDED", "a", "Job")]
+    with pytest.raises(Gone):
+        w._event({"type": "ERROR", "object": {"code": 410, "message": "too old"}}, "9", loop)
