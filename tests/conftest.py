@@ -113,9 +113,11 @@ _namespace_serial = itertools.count()
 @pytest.fixture
 def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     # The counter makes names unique within a session by construction (parametrized tests
-    # share a 30-character prefix, and 5 random hex digits alone did collide once); the
+    # share a 24-character prefix, and 5 random hex digits alone did collide once); the
     # random part keeps a reused cluster's terminating namespaces out of the way.
-    name = f"t-{request.node.name[:30].lower().replace('_', '-').strip('-')}-" \
+    # At most 40 characters: KServe builds the host label "<isvc>-predictor-<namespace>",
+    # which must fit in 63 (a canary's "churn-canary-predictor-" leaves 40).
+    name = f"t-{request.node.name[:24].lower().replace('_', '-').strip('-')}-" \
            f"{next(_namespace_serial)}-{uuid.uuid4().hex[:5]}"
     name = "".join(ch for ch in name if ch.isalnum() or ch == "-")
     kubectl("create", "namespace", name)
