@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,7 +60,9 @@ def api_client() -> client.ApiClient:
             try:
                 config.load_incluster_config(client_configuration=configuration)
             except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)
+                # KUBECONFIG as it is now (the client reads it once, at import).
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                        client_configuration=configuration)
             # One pooled connection per API call in flight (slipway.runner.API_THREADS);
             # the default pool (5 per core) drops and re-opens connections under a burst.
             configuration.connection_pool_maxsize = POOL_SIZE
