@@ -233,19 +233,15 @@ async def _converge(body: dict[str, Any], status: CanaryStatus, mode: children.M
         _log.info(f"Canary {namespace}/{body['metadata']['name']}: waiting for "
                   f"{', '.join(sorted(foreign))} of a previous owner to be deleted")
         return
-    # Applied only when they drifted (common.stamped/unchanged): a turn runs every second
-    # while the canary gets ready, and a no-op PATCH still goes through KServe's webhooks.
+    # Applied only when they drifted: a turn runs every second while the canary gets ready.
     if children.wants_canary_isvc(status, mode):
         assert status.canary_model is not None
-        manifest = common.stamped(children.build_canary_isvc(
-            md_spec, md, body, status.canary_model, active().kserve_default_deployment_mode))
-        if not common.unchanged(canary_isvc, manifest):
-            await kube.apply(manifest)
+        await common.apply_if_drifted(children.build_canary_isvc(
+            md_spec, md, body, status.canary_model, active().kserve_default_deployment_mode),
+            canary_isvc)
     if children.wants_route(status, mode) and host:
-        manifest = common.stamped(
-            children.build_route(body, md_name, host, status.canary_weight or 0))
-        if not common.unchanged(route, manifest):
-            await kube.apply(manifest)
+        await common.apply_if_drifted(
+            children.build_route(body, md_name, host, status.canary_weight or 0), route)
     else:
         await _delete(children.ROUTE_API_VERSION, children.ROUTE_KIND, namespace,
                       children.route_name(md_name), route)

@@ -129,6 +129,17 @@ def unchanged(live: Mapping[str, Any] | None, manifest: dict[str, Any]) -> bool:
     return live is not None and covers(live, manifest)
 
 
+async def apply_if_drifted(manifest: dict[str, Any],
+                           live: dict[str, Any] | None) -> dict[str, Any]:
+    """Server-side apply *manifest* (stamped here) unless *live*, the object as just read,
+    already holds it; returns the object as it now is. A no-op PATCH per child per
+    reconcile adds up at scale, and goes through every admission webhook."""
+    manifest = stamped(manifest)
+    if live is not None and unchanged(live, manifest):
+        return live
+    return await kube.apply(manifest)
+
+
 def covers(live: Any, desired: Any) -> bool:
     """True when *live* already has every field *desired* sets, with the same value: applying
     *desired* would change nothing, so the PATCH is skipped. Fields the server or another

@@ -171,14 +171,11 @@ async def reconcile(namespace: str, name: str, logger: kopf.Logger) -> Outcome |
             # version, or the one being promoted); the resolved model starts a rollout.
             served = pin.model if pin else model
             assert served is not None
-            manifest = common.stamped(build_inference_service(
+            manifest = build_inference_service(
                 spec, body, served, default_mode,
-                canary_traffic_percent=pin.canary_traffic_percent if pin else None))
+                canary_traffic_percent=pin.canary_traffic_percent if pin else None)
             try:
-                # An unchanged InferenceService is not patched (a no-op PATCH per object
-                # per tick adds up at scale).
-                isvc = existing if common.unchanged(existing, manifest) \
-                    else await kube.apply(manifest)
+                isvc = await common.apply_if_drifted(manifest, existing)
             except kube.KubeError as exc:
                 if common.transient(exc):
                     raise

@@ -106,23 +106,20 @@ async def resync_once(concurrency: int = CONCURRENCY) -> int:
 async def _loop(interval: float) -> None:
     # The first pass runs at once: it is what Kopf's on.resume handlers would do at start
     # (re-check every object), without Kopf's bookkeeping patch on each of them.
-    first = True
     while True:
         health.HEALTH.beat(LOOP)
-        if not first:
-            await asyncio.sleep(interval)
-        first = False
         start = time.monotonic()
         try:
             count = await resync_once()
         except Exception:  # the safety net itself must never stop
             log.exception("resync tick failed; trying again next tick")
-            continue
-        took = time.monotonic() - start
-        metrics.RESYNC_SECONDS.observe(took)
-        if took > interval:
-            log.warning(f"resync of {count} objects took {took:.1f}s, longer than the "
-                        f"{interval:.0f}s interval")
+        else:
+            took = time.monotonic() - start
+            metrics.RESYNC_SECONDS.observe(took)
+            if took > interval:
+                log.warning(f"resync of {count} objects took {took:.1f}s, longer than the "
+                            f"{interval:.0f}s interval")
+        await asyncio.sleep(interval)
 
 
 @kopf.on.startup()

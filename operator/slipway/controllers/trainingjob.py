@@ -39,14 +39,13 @@ from slipway.builders.trainingjob import (
 from slipway.config import active
 from slipway.controllers import resync, settled
 from slipway.controllers.common import (
+    apply_if_drifted,
     controller_uid,
     fresh,
     object_lock,
     owned,
     owned_by,
-    stamped,
     transient,
-    unchanged,
     write_status,
 )
 from slipway.events import emit
@@ -63,6 +62,7 @@ from slipway.status.trainingjob import (
     observe,
     restarting,
     running_workers,
+    ttl_due,
     ttl_expired,
 )
 from slipway.watch import SelectorWatch
@@ -324,7 +324,6 @@ async def _create(spec: TrainingJobSpec, tj: dict[str, Any],
 async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
     """Apply the headless Service, unless its name belongs to someone else. A Service of ours
     orphaned by a deleted predecessor (no owner, our labels) is adopted: it holds no state."""
-    service = stamped(service)
     meta = service["metadata"]
     existing = await kube.get("v1", "Service", meta["namespace"], meta["name"])
     if existing is not None and not owned_by(existing, tj):
@@ -333,9 +332,8 @@ async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
             labels.get(LABEL) == tj["metadata"]["name"]
         if not orphan_of_ours:
             raise _taken("Service", existing)
-    elif unchanged(existing, service):
-        return  # nothing drifted: no PATCH
-    await kube.apply(service)
+        existing = None  # an orphan of ours: adopted by the apply
+    await apply_if_drifted(service, existing)
 
 
 async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
@@ -402,14 +400,13 @@ def _done_for_good(tj: dict[str, Any]) -> bool:
     """Finished with no TTL due: a finished job is never re-run, so nothing is left to do."""
     if not is_final(tj):
         return False
+    # The raw field, not a parsed spec: this runs for every finished job on every tick.
     ttl = ((tj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     if ttl is None:
         return True
-    try:
-        spec = TrainingJobSpec.model_validate(tj.get("spec") or {})
-    except ValidationError:
+    if not isinstance(ttl, int):  # the schema forbids it: let the reconcile report it
         return False
-    return not ttl_expired(spec, tj, dt.datetime.now(dt.UTC))
+    return not ttl_due(ttl, tj, dt.datetime.now(dt.UTC))
 
 
 def _nothing_to_do(tj: dict[str, Any]) -> bool:

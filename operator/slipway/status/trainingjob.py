@@ -368,7 +368,11 @@ def is_final(tj: dict[str, Any]) -> bool:
 
 
 def ttl_expired(spec: TrainingJobSpec, tj: dict[str, Any], now: dt.datetime) -> bool:
-    ttl = spec.policy.ttl_seconds_after_finished
+    return ttl_due(spec.policy.ttl_seconds_after_finished, tj, now)
+
+
+def ttl_due(ttl: int | None, tj: dict[str, Any], now: dt.datetime) -> bool:
+    """Whether a finished *tj* has outlived *ttl* seconds (never without a TTL)."""
     status = tj.get("status") or {}
     done = _parse(status.get("completionTime"))
     if ttl is None or status.get("phase") not in FINAL or done is None:
