@@ -45,6 +45,7 @@ from typing import Any
 from bench.run import _rss_mib, report
 from slipway.devcluster import Cluster
 from slipway.devcluster.operator_process import OperatorProcess
+from slipway.watch import Gone, watch_events
 
 CONCURRENCY = 16  # creates in flight, the same for both sides
 TJ_LABEL, PEER_LABEL = "slipway.dev/trainingjob", "training.kubeflow.org/job-name"
@@ -112,39 +113,23 @@ class Watch:
         return self
 
     def _run(self) -> None:
-        import json
-
-        from slipway import kube
-
-        api = kube.api_client()
         rv = ""
         while not self.stop.is_set():
-            query: list[tuple[str, Any]] = [("watch", "true"), ("timeoutSeconds", 60),
-                                            ("allowWatchBookmarks", "false")]
+            query: list[tuple[str, Any]] = [("allowWatchBookmarks", "false")]
             if self.selector:
                 query.append(("labelSelector", self.selector))
             if rv:
                 query.append(("resourceVersion", rv))
-            method, url, headers, body, post = api.param_serialize(
-                method="GET", resource_path=self.path, query_params=query,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-            resp = api.call_api(method, url, headers, body, post, _request_timeout=90)
-            buffer = b""
-            for chunk in resp.response.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
+            try:
+                for event in watch_events(self.path, query, 60, self.stop):
                     obj = event.get("object") or {}
                     if event.get("type") == "ERROR":
                         rv = ""  # expired: start over from a fresh list
                         continue
                     rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                     self.on_event(event["type"], obj, time.monotonic())
-                if self.stop.is_set():
-                    return
+            except Gone:
+                rv = ""
 
 
 def _pct(values: list[float], q: float) -> float:

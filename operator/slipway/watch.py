@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from slipway import kube, metrics
@@ -133,31 +133,12 @@ class SelectorWatch:
             loop.call_soon_threadsafe(finish)
 
     def _watch_once(self, rv: str, loop: asyncio.AbstractEventLoop) -> str:
-        query: list[tuple[str, Any]] = [
-            ("watch", "true"), ("labelSelector", self.selector), ("resourceVersion", rv),
-            ("allowWatchBookmarks", "true"), ("timeoutSeconds", WATCH_SECONDS)]
-        api = kube.api_client()
         url = kube.path(self.api_version, self.kind, self.namespace)
         metrics.API_REQUESTS.labels("WATCH", kube.resource_of(url)).inc()
-        method, full, headers, body, post = api.param_serialize(
-            method="GET", resource_path=url, query_params=query,
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-        resp = api.call_api(method, full, headers, body, post,
-                            _request_timeout=(10, WATCH_SECONDS + 30))
-        if resp.status == 410:
-            raise Gone()
-        if resp.status != 200:
-            raise kube.KubeError(f"watch {url}: {resp.status}", resp.status)
-        buffer = b""
-        for chunk in resp.response.stream(65536, decode_content=True):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    rv = self._event(json.loads(line), rv, loop)
-            if self._stop.is_set():
-                resp.response.release_conn()
-                return rv
+        query = [("labelSelector", self.selector), ("resourceVersion", rv),
+                 ("allowWatchBookmarks", "true")]
+        for event in watch_events(url, query, WATCH_SECONDS, self._stop):
+            rv = self._event(event, rv, loop)
         return rv
 
     def _event(self, event: dict[str, Any], rv: str, loop: asyncio.AbstractEventLoop) -> str:
@@ -173,3 +154,30 @@ class SelectorWatch:
             obj.setdefault("kind", self.kind)
             loop.call_soon_threadsafe(self.put, type_, obj)
         return rv
+
+
+def watch_events(url: str, query: list[tuple[str, Any]], seconds: int,
+                 stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """One WATCH request on *url* (blocking: run it in a thread): yields its decoded events
+    until the server ends it after *seconds*, or until *stop* is set. A 410 raises Gone,
+    another error status KubeError."""
+    api = kube.api_client()
+    method, full, headers, body, post = api.param_serialize(
+        method="GET", resource_path=url,
+        query_params=[("watch", "true"), ("timeoutSeconds", seconds), *query],
+        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    resp = api.call_api(method, full, headers, body, post, _request_timeout=(10, seconds + 30))
+    if resp.status == 410:
+        raise Gone()
+    if resp.status != 200:
+        raise kube.KubeError(f"watch {url}: {resp.status}", resp.status)
+    buffer = b""
+    for chunk in resp.response.stream(65536, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+        if stop.is_set():
+            resp.response.release_conn()
+            return
