@@ -27,8 +27,8 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .base import SlipwayModel
-from .metrics import UNKNOWN_MODEL, SlipwayMetrics, exposition, match_inference_route
+from .base import SlipwayModel, metric_labels
+from .metrics import SlipwayMetrics, exposition, match_inference_route
 
 log = logging.getLogger("slipway.asgi")
 
@@ -211,12 +211,7 @@ class SlipwayApp:
             return
         protocol, name = route
         model = self.models(name)
-        if isinstance(model, SlipwayModel):
-            label, version = name, model.model_version
-        else:
-            # Only served model names become label values: unknown names must not blow up
-            # cardinality.
-            label, version = UNKNOWN_MODEL, UNKNOWN_MODEL
+        label, version = metric_labels(model, name)
         start = time.perf_counter()
         status = [500]  # what an exception escaping the app amounts to
         try:

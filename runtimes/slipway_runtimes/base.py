@@ -29,6 +29,7 @@ from kserve.utils.utils import generate_uuid, get_predict_input, strtobool
 
 from .metrics import (
     DEFAULT_PREDICTION_BUCKETS,
+    UNKNOWN_MODEL,
     SlipwayMetrics,
     enable_multiprocess,
     multiprocess_dir,
@@ -348,6 +349,15 @@ class SlipwayModel(kserve.Model):  # type: ignore[misc]
 
 def _bool(value: str) -> bool:
     return bool(strtobool(value))
+
+
+def metric_labels(model: Any, name: str) -> tuple[str, str]:
+    """(model_name, model_version) labels for a request to *name*, whose model is *model*.
+    Only served model names become label values: unknown names must not blow up
+    cardinality."""
+    if isinstance(model, SlipwayModel):
+        return name, model.model_version
+    return UNKNOWN_MODEL, UNKNOWN_MODEL
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

@@ -30,7 +30,33 @@ class InjectedFault(RuntimeError):
     """
 
 
-class FlakyModel:
+class _Wrapper:
+    """Answers as the wrapped estimator, after `_before(method)` on every predict call."""
+
+    model: Any
+
+    def _before(self, method: str) -> None:
+        raise NotImplementedError
+
+    def predict(self, x: Any) -> Any:
+        self._before("predict")
+        return self.model.predict(x)
+
+    def predict_proba(self, x: Any) -> Any:
+        self._before("predict_proba")
+        return self.model.predict_proba(x)
+
+    @property
+    def classes_(self) -> Any:
+        """The wrapped estimator's classes (AttributeError, like it, when it has none)."""
+        return self.model.classes_
+
+    @property
+    def n_features_in_(self) -> Any:
+        return self.model.n_features_in_
+
+
+class FlakyModel(_Wrapper):
     """Raise :class:`InjectedFault` on ``fail_share`` (0..1) of predict calls.
 
     Each call draws once from a ``numpy`` generator seeded with ``seed``, so a given artifact
@@ -48,7 +74,7 @@ class FlakyModel:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
-    def _maybe_fail(self, method: str) -> None:
+    def _before(self, method: str) -> None:
         # One draw per call, whatever the number of rows: a request fails as a whole.
         if self._rng.random() < self.fail_share:
             raise InjectedFault(
@@ -56,28 +82,11 @@ class FlakyModel:
                 f"{method}() calls"
             )
 
-    def predict(self, x: Any) -> Any:
-        self._maybe_fail("predict")
-        return self.model.predict(x)
-
-    def predict_proba(self, x: Any) -> Any:
-        self._maybe_fail("predict_proba")
-        return self.model.predict_proba(x)
-
-    @property
-    def classes_(self) -> Any:
-        """The wrapped estimator's classes (AttributeError, like it, when it has none)."""
-        return self.model.classes_
-
-    @property
-    def n_features_in_(self) -> Any:
-        return self.model.n_features_in_
-
     def __repr__(self) -> str:
         return f"FlakyModel({self.model!r}, fail_share={self.fail_share}, seed={self.seed})"
 
 
-class SlowModel:
+class SlowModel(_Wrapper):
     """Sleep ``added_latency_ms`` before every predict call, then answer as the wrapped model.
 
     The sleep blocks the calling thread. kserve calls a synchronous ``predict`` on its event
@@ -93,25 +102,8 @@ class SlowModel:
         self.model = model
         self.added_latency_ms = latency
 
-    def _delay(self) -> None:
+    def _before(self, method: str) -> None:
         time.sleep(self.added_latency_ms / 1000.0)
-
-    def predict(self, x: Any) -> Any:
-        self._delay()
-        return self.model.predict(x)
-
-    def predict_proba(self, x: Any) -> Any:
-        self._delay()
-        return self.model.predict_proba(x)
-
-    @property
-    def classes_(self) -> Any:
-        """The wrapped estimator's classes (AttributeError, like it, when it has none)."""
-        return self.model.classes_
-
-    @property
-    def n_features_in_(self) -> Any:
-        return self.model.n_features_in_
 
     def __repr__(self) -> str:
         return f"SlowModel({self.model!r}, added_latency_ms={self.added_latency_ms})"

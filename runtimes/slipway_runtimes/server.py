@@ -48,8 +48,8 @@ from kserve.protocol.rest.server import RESTServer
 from kserve.utils import utils as kserve_utils
 
 from .asgi import SlipwayApp
-from .base import SlipwayModel
-from .metrics import UNKNOWN_MODEL, SlipwayMetrics, multiprocess_dir
+from .base import SlipwayModel, metric_labels
+from .metrics import SlipwayMetrics, multiprocess_dir
 
 GRPC_PROTOCOL = "grpc"
 _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -169,10 +169,7 @@ class GRPCMetricsInterceptor(AsyncServerInterceptor):
             return await method(request, context)
         name = getattr(request, "model_name", "")
         model = self.models(name)
-        if isinstance(model, SlipwayModel):
-            label, version = name, model.model_version
-        else:
-            label, version = UNKNOWN_MODEL, UNKNOWN_MODEL
+        label, version = metric_labels(model, name)
         loop = asyncio.get_running_loop()
         start = loop.time()
         status = 500
