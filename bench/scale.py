@@ -31,6 +31,7 @@ import asyncio
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -147,8 +148,17 @@ def _succeeded(obj: dict[str, Any]) -> bool:
                for c in status.get("conditions") or [])
 
 
-def burst(cluster: Cluster, side: str, n: int, workers: int, timeout: float) -> dict[str, Any]:
-    """Create *n* jobs of one side, wait for all to succeed, and time it from watches."""
+def _peer_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-f", "training-operator"], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    return pids[-1] if pids else None
+
+
+def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int,
+          timeout: float) -> dict[str, Any]:
+    """Create *n* jobs of one side, wait for all to succeed, and time it from watches. Also
+    what it cost: the controller's CPU seconds and the requests the API server served (from
+    every client: the controller, kube-controller-manager, the scheduler, kwok, this bench)."""
     namespace = f"burst-{side}-{workers}w"
     cluster.kubectl("create", "namespace", namespace)
     ours = side == "slipway"
@@ -185,6 +195,9 @@ def burst(cluster: Cluster, side: str, n: int, workers: int, timeout: float) -> 
         watches.append(Watch(f"/apis/batch/v1/namespaces/{namespace}/jobs", on_job,
                              TJ_LABEL).start())
     time.sleep(1.0)  # the watches are open
+    pid = op.pid if ours else _peer_pid()
+    cpu0, api0 = (_cpu_seconds(pid) if pid else 0.0), _apiserver_requests(cluster)
+    ops0 = _operator_requests(op)
     docs = [(_tj if ours else _pytorchjob)(f"j-{i:05d}", workers) for i in range(n)]
     t0 = time.monotonic()
     created = _create_all(docs, namespace)
@@ -194,6 +207,10 @@ def burst(cluster: Cluster, side: str, n: int, workers: int, timeout: float) -> 
         time.sleep(0.5)
     for w in watches:
         w.stop.set()
+    api = _apiserver_requests(cluster)
+    api.subtract(api0)
+    ops = _operator_requests(op)
+    ops.subtract(ops0)
     result: dict[str, Any] = {
         "n": n, "workers": workers, "created_s": round(created_s, 2),
         "all_pods_s": round(max(all_pods.values()) - t0, 2) if len(all_pods) == n else None,
@@ -201,8 +218,13 @@ def burst(cluster: Cluster, side: str, n: int, workers: int, timeout: float) -> 
         "succeeded": len(done),
         "pods_latency_p50_s": round(_pct([all_pods[k] - created[k] for k in all_pods], .5), 3),
         "pods_latency_p99_s": round(_pct([all_pods[k] - created[k] for k in all_pods], .99), 3),
+        "controller_cpu_s": round(_cpu_seconds(pid) - cpu0, 1) if pid else None,
+        "apiserver_requests": sum(api.values()),
+        "apiserver_requests_top": dict(api.most_common(12)),
     }
     if ours:
+        result["operator_requests"] = {k: v for k, v in ops.items()
+                                       if v and not k.startswith("_")}
         lat = [job_seen[k] - created[k] for k in job_seen]
         result["job_latency_p50_s"] = round(_pct(lat, .5), 3)
         result["job_latency_p99_s"] = round(_pct(lat, .99), 3)
@@ -383,7 +405,7 @@ def main() -> int:
                 pair: dict[str, Any] = {}
                 for side in (["training-operator"] if peer else []) + ["slipway"]:
                     print(f"burst: {args.burst} x {workers} worker(s), {side}", file=sys.stderr)
-                    pair[side] = burst(cluster, side, args.burst, workers, args.timeout)
+                    pair[side] = burst(cluster, op, side, args.burst, workers, args.timeout)
                     print(f"  {pair[side]}", file=sys.stderr)
                 results["burst"][str(workers)] = pair
             if args.steady:

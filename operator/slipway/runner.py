@@ -28,7 +28,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 120
     settings.watching.connect_timeout = 10
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    settings.posting.level = logging.INFO
+    # Kopf's own INFO lines ("Handler ... succeeded") would be two more Events per object and
+    # edit: a POST each that the API server pays for at scale. Slipway posts its own Events
+    # for what users act on; Kopf still posts its warnings and errors.
+    settings.posting.level = logging.WARNING
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     metrics.serve(active().metrics_port)
 

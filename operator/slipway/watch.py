@@ -27,6 +27,7 @@ from slipway import kube, metrics
 log = logging.getLogger("slipway.watch")
 
 Handler = Callable[[str | None, dict[str, Any]], Awaitable[None]]
+Trim = Callable[[dict[str, Any]], dict[str, Any]]
 Key = tuple[str, str]
 WATCH_SECONDS = 300  # the server ends each watch request after this; it is then renewed
 BACKOFF = (1.0, 2.0, 5.0, 10.0)  # between failed LIST/WATCH attempts
@@ -36,14 +37,96 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+def _rv(obj: dict[str, Any]) -> int | None:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or "")
+    except ValueError:
+        return None
+
+
+class Store:
+    """The watched objects as last seen, indexed by one label's value per namespace: what
+    client-go's informer cache is to a Go controller. A reconcile reads its children here
+    instead of LISTing them from the API server on every pass.
+
+    *trim* drops what no reader needs (a Job's pod template, managedFields) to keep memory
+    flat at thousands of objects. The controller also writes its own creates, patches and
+    deletes through (`put`, `remove`), so its next pass sees them before their watch events
+    arrive; an event older than the copy held (by resourceVersion) is then ignored."""
+
+    def __init__(self, label: str, trim: Trim = dict) -> None:
+        self.label, self.trim = label, trim
+        self.synced = False  # True once a first LIST has filled it
+        self._objects: dict[Key, dict[str, Any]] = {}
+        self._index: dict[Key, set[str]] = {}  # (namespace, label value) -> names
+
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> Key:
+        meta = obj.get("metadata") or {}
+        return meta.get("namespace") or "", meta.get("name") or ""
+
+    def _index_key(self, obj: dict[str, Any]) -> Key | None:
+        meta = obj.get("metadata") or {}
+        value = (meta.get("labels") or {}).get(self.label)
+        return (meta.get("namespace") or "", value) if value else None
+
+    def put(self, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        old = self._objects.get(key)
+        if old is not None:
+            new_rv, old_rv = _rv(obj), _rv(old)
+            if new_rv is not None and old_rv is not None and new_rv < old_rv:
+                return  # a late event of a change already written through
+            self._unindex(old)
+        trimmed = self.trim(obj)
+        self._objects[key] = trimmed
+        index = self._index_key(trimmed)
+        if index is not None:
+            self._index.setdefault(index, set()).add(key[1])
+
+    def remove(self, obj: dict[str, Any]) -> None:
+        old = self._objects.pop(self._key(obj), None)
+        if old is not None:
+            self._unindex(old)
+
+    def _unindex(self, obj: dict[str, Any]) -> None:
+        index = self._index_key(obj)
+        names = self._index.get(index) if index else None
+        if names is not None and index is not None:
+            names.discard(self._key(obj)[1])
+            if not names:
+                del self._index[index]
+
+    def by_label(self, namespace: str, value: str) -> list[dict[str, Any]]:
+        """The objects in *namespace* whose label has *value*."""
+        names = self._index.get((namespace, value)) or set()
+        return [self._objects[(namespace, n)] for n in sorted(names)]
+
+    def keep_only(self, keys: set[Key]) -> None:
+        """After a full LIST: forget the objects it did not return (deleted meanwhile)."""
+        for key in set(self._objects) - keys:
+            self.remove(self._objects[key])
+        self.synced = True
+
+    def clear(self) -> None:
+        self._objects.clear()
+        self._index.clear()
+        self.synced = False
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
 class SelectorWatch:
     """Watch *kind* objects matching *selector* (in *namespace*, or everywhere) and run
     *handler* for each change, coalesced per object. `run()` until cancelled."""
 
     def __init__(self, api_version: str, kind: str, selector: str, handler: Handler,
-                 namespace: str | None = None, workers: int = 8) -> None:
+                 namespace: str | None = None, workers: int = 8,
+                 store: Store | None = None) -> None:
         self.api_version, self.kind, self.selector = api_version, kind, selector
         self.namespace, self.handler, self.workers = namespace, handler, workers
+        self.store = store
         self._pending: dict[Key, tuple[str | None, dict[str, Any]]] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._busy: set[Key] = set()
@@ -53,6 +136,11 @@ class SelectorWatch:
     def put(self, type_: str | None, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
+        if self.store is not None:  # before the handler runs: it reads the store
+            if type_ == "DELETED":
+                self.store.remove(obj)
+            else:
+                self.store.put(obj)
         queued = key in self._pending
         self._pending[key] = (type_, obj)  # the newest copy wins
         if not queued and key not in self._busy:
@@ -103,11 +191,15 @@ class SelectorWatch:
     async def _list(self) -> str:
         """Queue every matching object (type None); returns the LIST's resourceVersion."""
         rv = ""
+        listed: set[Key] = set()
         async for page, meta in kube.list_pages_with_meta(
                 self.api_version, self.kind, self.namespace, self.selector):
             for obj in page:
                 self.put(None, obj)
+                listed.add(Store._key(obj))
             rv = meta.get("resourceVersion") or rv
+        if self.store is not None:
+            self.store.keep_only(listed)
         return rv
 
     def _stream(self, rv: str, loop: asyncio.AbstractEventLoop,

@@ -65,7 +65,7 @@ from slipway.status.trainingjob import (
     ttl_due,
     ttl_expired,
 )
-from slipway.watch import SelectorWatch
+from slipway.watch import SelectorWatch, Store
 
 KIND = "TrainingJob"
 _log = logging.getLogger("slipway.trainingjob")
@@ -143,10 +143,27 @@ def _finished(job: dict[str, Any]) -> bool:
     return job_condition(job, "Complete", "Failed") is not None
 
 
+def _trim_job(job: dict[str, Any]) -> dict[str, Any]:
+    """What the reconcile reads of a Job: its metadata, the spec's scalar fields (not the pod
+    template, most of a Job's size) and its status."""
+    meta = {k: v for k, v in job.get("metadata", {}).items() if k != "managedFields"}
+    spec = {k: v for k, v in (job.get("spec") or {}).items()
+            if k not in ("template", "selector", "podFailurePolicy")}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec,
+            "status": job.get("status") or {}}
+
+
+# Every Job Slipway owns, as its watch last saw it (or as written here since).
+JOBS = Store(LABEL, _trim_job)
+
+
 async def _jobs(tj: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Jobs this TrainingJob controls. Same-named leftovers of a deleted predecessor (or
-    orphans) carry the label too, but not this object's UID."""
+    """The Jobs this TrainingJob controls, from the watch's store (a LIST until the watch
+    has listed once). Same-named leftovers of a deleted predecessor (or orphans) carry the
+    label too, but not this object's UID."""
     meta = tj["metadata"]
+    if JOBS.synced:
+        return owned(JOBS.by_label(meta["namespace"], meta["name"]), tj)
     found = await kube.list_objects("batch/v1", "Job", meta["namespace"],
                                     f"{LABEL}={meta['name']}")
     return owned(found, tj)
@@ -232,6 +249,7 @@ async def _reconcile(tj: dict[str, Any]) -> None:
     current, note, stale = _pick(jobs, desired, attempt)
     for old in stale:
         await kube.delete("batch/v1", "Job", meta["namespace"], old["metadata"]["name"])
+        JOBS.remove(old)
 
     try:
         if service:
@@ -271,8 +289,14 @@ async def _reconcile(tj: dict[str, Any]) -> None:
 
 
 def _waiting_for_workers(spec: TrainingJobSpec, job: dict[str, Any]) -> bool:
-    """Whether the Job's pods must be read to tell Running from Pending (and why)."""
+    """Whether the Job's pods must be read to tell Running from Pending (and why): only
+    when some of its pods exist but are not ready. Before the Job controller has made any,
+    there is nothing to read (at a burst of a thousand jobs, that LIST per Job event was a
+    third of the operator's requests)."""
     if _finished(job) or job["spec"].get("suspend"):
+        return False
+    js = job.get("status") or {}
+    if (js.get("active") or 0) <= (js.get("ready") or 0):
         return False
     return running_workers(job, []) < spec.workers
 
@@ -306,12 +330,14 @@ async def _create(spec: TrainingJobSpec, tj: dict[str, Any],
     meta = desired["metadata"]
     try:
         job = await kube.create(desired)
+        JOBS.put(job)
     except kube.KubeError as exc:
         if exc.status == 409:
             existing = await kube.get("batch/v1", "Job", meta["namespace"], meta["name"])
             if existing is None:
                 raise  # deleted meanwhile: try again
             if owned_by(existing, tj):
+                JOBS.put(existing)
                 return existing
             raise _taken("Job", existing) from exc
         if transient(exc):
@@ -367,29 +393,51 @@ async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
             raise
         emit(current, "Warning", "PatchRejected", str(exc))
         return current
+    if result:
+        JOBS.put(result)
     return result or current
 
 
 # -- handlers -------------------------------------------------------------------
 
-async def _handle(body: kopf.Body) -> None:
-    tj = {"apiVersion": API_VERSION, "kind": KIND, **dict(body)}
+RETRY_SECONDS = 5.0  # after an API fault, before the object is reconciled again
+_watches: dict[str, SelectorWatch] = {}  # "trainingjobs" -> the running watch
+
+
+def _needs_reconcile(type_: str | None, tj: dict[str, Any]) -> bool:
+    """Whether a watch event of *tj* asks for a reconcile. A spec change (a generation not
+    yet observed) or a new object does; a status write (most often Slipway's own) does
+    not; nor does a finished job with no TTL due. A relist (type None) after a broken watch
+    only picks up unobserved specs: the resync loop covers the rest, and at start it
+    reconciles everything once."""
     if _done_for_good(tj):
-        return  # e.g. an edit of a long-finished job: not a GET
+        return False
+    status = tj.get("status") or {}
+    if status.get("observedGeneration") != tj["metadata"].get("generation"):
+        return True
+    return type_ == "ADDED"
+
+
+async def trainingjob_event(type_: str | None, tj: dict[str, Any]) -> None:
+    """A TrainingJob was created, edited or deleted (its children go with it, by owner)."""
+    if type_ == "DELETED":
+        settled.forget(KIND, tj)
+        return
+    if not _needs_reconcile(type_, tj):
+        return
     try:
         await reconcile(tj)
         metrics.RECONCILES.labels(KIND, "ok").inc()
     except kube.KubeError as exc:
         metrics.RECONCILES.labels(KIND, "error").inc()
-        if transient(exc):
-            raise kopf.TemporaryError(str(exc), delay=5) from exc
-        raise kopf.PermanentError(str(exc)) from exc
-
-
-@kopf.on.create("slipway.dev", "v1alpha1", "trainingjobs", retries=10, backoff=5, timeout=300)
-@kopf.on.update("slipway.dev", "v1alpha1", "trainingjobs", retries=10, backoff=5, timeout=300)
-async def trainingjob_changed(body: kopf.Body, **_: Any) -> None:
-    await _handle(body)
+        if not transient(exc):  # not for a retry to fix; the next edit runs it again
+            _log.error(f"reconcile of {tj['metadata']['name']} failed: {exc}")
+            return
+        _log.warning(f"reconcile of {tj['metadata']['name']} failed, again in "
+                     f"{RETRY_SECONDS:.0f}s: {exc}")
+        watch = _watches.get("trainingjobs")
+        if watch is not None:  # as a relist would: only an unobserved spec is retried
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, watch.put, None, tj)
 
 
 async def _resync(tj: dict[str, Any]) -> None:
@@ -444,17 +492,26 @@ async def job_event(type: str | None, body: dict[str, Any]) -> None:
 
 
 @kopf.on.startup()
-async def watch_jobs(memo: kopf.Memo, **_: Any) -> None:
-    """Jobs are watched with a server-side label selector (slipway.watch), not through Kopf,
-    which would stream every Job of the cluster to the operator."""
-    jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, active().namespace)
-    memo["job_watch"] = asyncio.create_task(jobs.run())
+async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
+    """TrainingJobs and their Jobs are watched by slipway.watch, not through Kopf.
+
+    Jobs: with a server-side label selector; Kopf would stream every Job of the cluster to
+    the operator. TrainingJobs: Kopf's create/update handlers cost a PATCH of its own
+    bookkeeping per object (status.kopf) and a diff of every status write; reconciles are
+    level-based and keyed on the observed generation, so none of that is needed."""
+    namespace = active().namespace
+    _watches["trainingjobs"] = SelectorWatch(API_VERSION, KIND, "", trainingjob_event,
+                                             namespace, workers=16)
+    jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS)
+    memo["trainingjob_watches"] = [asyncio.create_task(w.run())
+                                   for w in (_watches["trainingjobs"], jobs)]
 
 
 @kopf.on.cleanup()
-async def stop_watching_jobs(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("job_watch")
-    if task is not None:
+async def stop_watching_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
+    for task in memo.get("trainingjob_watches") or []:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    _watches.clear()
+    JOBS.clear()
