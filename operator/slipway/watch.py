@@ -70,19 +70,22 @@ class Store:
         value = (meta.get("labels") or {}).get(self.label)
         return (meta.get("namespace") or "", value) if value else None
 
-    def put(self, obj: dict[str, Any]) -> None:
+    def put(self, obj: dict[str, Any]) -> bool:
+        """Hold *obj*; False when it is no news: the very version held already (the watch
+        event of a write the controller has put here itself), or an older one."""
         key = self._key(obj)
         old = self._objects.get(key)
         if old is not None:
             new_rv, old_rv = _rv(obj), _rv(old)
-            if new_rv is not None and old_rv is not None and new_rv < old_rv:
-                return  # a late event of a change already written through
+            if new_rv is not None and old_rv is not None and new_rv <= old_rv:
+                return False  # a late event of a change already written through
             self._unindex(old)
         trimmed = self.trim(obj)
         self._objects[key] = trimmed
         index = self._index_key(trimmed)
         if index is not None:
             self._index.setdefault(index, set()).add(key[1])
+        return True
 
     def remove(self, obj: dict[str, Any]) -> None:
         old = self._objects.pop(self._key(obj), None)
@@ -123,10 +126,12 @@ class SelectorWatch:
 
     def __init__(self, api_version: str, kind: str, selector: str, handler: Handler,
                  namespace: str | None = None, workers: int = 8,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, initial: bool = True) -> None:
         self.api_version, self.kind, self.selector = api_version, kind, selector
         self.namespace, self.handler, self.workers = namespace, handler, workers
-        self.store = store
+        # With a store: *initial* False leaves the objects of the first LIST to another
+        # start-up pass (the resync loop's); later relists hand on only what changed.
+        self.store, self.initial = store, initial
         self._pending: dict[Key, tuple[str | None, dict[str, Any]]] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._busy: set[Key] = set()
@@ -139,8 +144,10 @@ class SelectorWatch:
         if self.store is not None:  # before the handler runs: it reads the store
             if type_ == "DELETED":
                 self.store.remove(obj)
-            else:
-                self.store.put(obj)
+            elif not self.store.put(obj):
+                return  # the controller's own write, or a relist: nothing new to handle
+            if type_ is None and not self.store.synced and not self.initial:
+                return  # the first LIST only fills the store
         queued = key in self._pending
         self._pending[key] = (type_, obj)  # the newest copy wins
         if not queued and key not in self._busy:

@@ -56,6 +56,9 @@ def test_no_job_is_pending() -> None:
     obs = observe(SPEC, tj(), None, None, NOW)
     assert obs.status["phase"] == "Pending" and obs.status["gpus"] == 16
     assert obs.status["serviceName"] == "t"
+    assert obs.events == []  # a new job's first Pending: the Created event says it
+    # Back to Pending from Running (a worker lost): that is news.
+    obs = observe(SPEC, tj({"phase": "Running"}), job(active=2), None, NOW)
     assert [e.reason for e in obs.events] == ["Pending"]
 
 
@@ -124,7 +127,7 @@ def test_image_pull_and_config_errors_come_from_the_container_state() -> None:
     obs = observe(SPEC, tj(), job(active=2), None, NOW,
                   pods=[pod(0, waiting=("ContainerCreating", "")), pod(1)])
     assert cond(obs.status, "Running")["reason"] == "WaitingForPods"
-    assert [e.reason for e in obs.events] == ["Pending"]
+    assert obs.events == []
 
 
 def test_suspended_user_vs_kueue() -> None:

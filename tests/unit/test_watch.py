@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from slipway.watch import Gone, SelectorWatch
+from slipway.watch import Gone, SelectorWatch, Store
 
 
 def job(name: str, rv: str) -> dict[str, Any]:
@@ -79,3 +79,62 @@ async def test_watch_events_bookmarks_and_expiry() -> None:
     assert [(t, o["metadata"]["name"], o["kind"]) for t, o in got] == [("ADDED", "a", "Job")]
     with pytest.raises(Gone):
         w._event({"type": "ERROR", "object": {"code": 410, "message": "too old"}}, "9", loop)
+
+
+def labelled(name: str, rv: str, owner: str, ns: str = "ns") -> dict[str, Any]:
+    return {"metadata": {"namespace": ns, "name": name, "resourceVersion": rv,
+                         "labels": {"app": owner}, "managedFields": [{"big": "x"}]},
+            "spec": {"template": {"big": "x"}, "suspend": False}}
+
+
+def test_store_indexes_by_label_trims_and_ignores_old_versions() -> None:
+    def trim(o: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {k: v for k, v in o["metadata"].items() if k != "managedFields"},
+                "spec": {"suspend": o["spec"]["suspend"]}}
+
+    store = Store("app", trim)
+    assert store.put(labelled("a-1", "5", "a"))
+    assert store.put(labelled("a-2", "6", "a"))
+    assert store.put(labelled("b-1", "7", "b"))
+    assert store.put(labelled("a-9", "8", "a", ns="other"))
+    assert [o["metadata"]["name"] for o in store.by_label("ns", "a")] == ["a-1", "a-2"]
+    assert "managedFields" not in store.by_label("ns", "a")[0]["metadata"]
+    assert "template" not in store.by_label("ns", "a")[0]["spec"]
+    # The same version again (the watch event of a write put here first), or an older one:
+    # no news, and the newer copy stays.
+    assert store.put(labelled("b-1", "9", "b"))
+    assert not store.put(labelled("b-1", "9", "b"))
+    assert not store.put(labelled("b-1", "7", "b"))
+    assert store.by_label("ns", "b")[0]["metadata"]["resourceVersion"] == "9"
+    # A label change moves it in the index; a removal drops it.
+    assert store.put(labelled("a-2", "10", "b"))
+    assert [o["metadata"]["name"] for o in store.by_label("ns", "b")] == ["a-2", "b-1"]
+    store.remove(labelled("a-1", "11", "a"))
+    assert store.by_label("ns", "a") == []
+    # A relist keeps only what it returned, and the store is then synced.
+    assert not store.synced
+    store.keep_only({("ns", "b-1")})
+    assert store.synced and len(store) == 1
+
+
+async def test_a_store_turns_echoes_of_own_writes_and_the_first_list_into_no_work() -> None:
+    handled: list[tuple[str | None, str]] = []
+
+    async def handler(type_: str | None, obj: dict[str, Any]) -> None:
+        handled.append((type_, obj["metadata"]["name"]))
+
+    store = Store("app")
+    w = SelectorWatch("batch/v1", "Job", "app", handler, store=store, initial=False)
+    workers = [asyncio.create_task(w._work())]
+    w.put(None, labelled("listed", "1", "a"))  # the first LIST: stored, not handled
+    store.keep_only({("ns", "listed")})
+    store.put(labelled("mine", "2", "a"))  # the controller created it and wrote it here
+    w.put("ADDED", labelled("mine", "2", "a"))  # ... then its watch event came: an echo
+    w.put("MODIFIED", labelled("mine", "3", "a"))  # somebody else changed it: news
+    w.put(None, labelled("listed", "1", "a"))  # a relist of an unchanged object
+    w.put("DELETED", labelled("listed", "4", "a"))
+    await asyncio.sleep(0.05)
+    assert handled == [("MODIFIED", "mine"), ("DELETED", "listed")]
+    assert [o["metadata"]["name"] for o in store.by_label("ns", "a")] == ["mine"]
+    for t in workers:
+        t.cancel()

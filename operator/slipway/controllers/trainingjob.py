@@ -502,7 +502,8 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     namespace = active().namespace
     _watches["trainingjobs"] = SelectorWatch(API_VERSION, KIND, "", trainingjob_event,
                                              namespace, workers=16)
-    jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS)
+    jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
+                         initial=False)  # the resync loop's first pass covers start-up
     memo["trainingjob_watches"] = [asyncio.create_task(w.run())
                                    for w in (_watches["trainingjobs"], jobs)]
 

@@ -334,7 +334,9 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
     if phase == "Pending" and reason in WARN_PENDING:
         if reason != before:  # one Warning when the problem appears, not one per pass
             events.append(Event("Warning", reason, message))
-    elif phase != old.get("phase"):
+    elif phase != old.get("phase") and (phase != "Pending" or old.get("phase")):
+        # Not for a new job's first Pending: the Created event says as much, and at a burst
+        # every Event is a POST the API server pays for.
         kind = "Warning" if phase == "Failed" else "Normal"
         events.append(Event(kind, reason if phase == "Failed" else phase, message))
     return Observation(status, events)
