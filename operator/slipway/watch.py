@@ -100,6 +100,9 @@ class Store:
             if not names:
                 del self._index[index]
 
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._objects.get((namespace, name))
+
     def by_label(self, namespace: str, value: str) -> list[dict[str, Any]]:
         """The objects in *namespace* whose label has *value*."""
         names = self._index.get((namespace, value)) or set()

@@ -90,6 +90,8 @@ class Blocked(Exception):
 async def _write(tj: dict[str, Any], obs: Observation) -> dict[str, Any]:
     """Patch the status fields that changed and post the events; returns the new object."""
     result = await write_status(tj, obs.status, obs.status)
+    if result:
+        TRAININGJOBS.put(result)
     for ev in obs.events:
         emit(tj, ev.type, ev.reason, ev.message)
     return result or {**tj, "status": {**(tj.get("status") or {}), **obs.status}}
@@ -153,8 +155,35 @@ def _trim_job(job: dict[str, Any]) -> dict[str, Any]:
             "status": job.get("status") or {}}
 
 
+def _trim_meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
+
+
 # Every Job Slipway owns, as its watch last saw it (or as written here since).
 JOBS = Store(LABEL, _trim_job)
+# Every TrainingJob, the same way: a reconcile reads it here, not with a GET per pass.
+TRAININGJOBS = Store(LABEL, _trim_meta)
+
+
+def _newest(*copies: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The copy with the highest resourceVersion (None when there is none)."""
+    known = [c for c in copies if c and (c.get("metadata") or {}).get("resourceVersion")]
+    return max(known, key=lambda c: int(c["metadata"]["resourceVersion"]), default=None)
+
+
+async def _current(tj: dict[str, Any]) -> dict[str, Any] | None:
+    """The TrainingJob as it is now: the newest of the copy given and the watch's (which
+    also holds Slipway's own status writes); a GET when the watch has not listed yet or
+    does not know it. Never older than anything a previous reconcile acted on."""
+    meta = tj["metadata"]
+    if TRAININGJOBS.synced:
+        held = _newest(tj, TRAININGJOBS.get(meta["namespace"], meta["name"]))
+        if held is not None:
+            if held["metadata"].get("deletionTimestamp"):
+                return None
+            return {"apiVersion": API_VERSION, "kind": KIND, **held}
+    return await fresh(API_VERSION, KIND, meta["namespace"], meta["name"])
 
 
 async def _jobs(tj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -212,7 +241,7 @@ async def reconcile(tj: dict[str, Any], uid: str | None = None) -> None:
     With *uid*, only that incarnation of the name is reconciled (a Job's owner)."""
     meta = tj["metadata"]
     async with object_lock(KIND, meta["namespace"], meta["name"]):
-        current = await fresh(API_VERSION, KIND, meta["namespace"], meta["name"])
+        current = await _current(tj)
         if current is None:
             return
         if uid is not None and current["metadata"].get("uid") != uid:
@@ -501,7 +530,7 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     level-based and keyed on the observed generation, so none of that is needed."""
     namespace = active().namespace
     _watches["trainingjobs"] = SelectorWatch(API_VERSION, KIND, "", trainingjob_event,
-                                             namespace, workers=16)
+                                             namespace, workers=16, store=TRAININGJOBS)
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
                          initial=False)  # the resync loop's first pass covers start-up
     memo["trainingjob_watches"] = [asyncio.create_task(w.run())
@@ -516,3 +545,4 @@ async def stop_watching_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
             await task
     _watches.clear()
     JOBS.clear()
+    TRAININGJOBS.clear()
