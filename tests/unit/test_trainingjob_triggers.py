@@ -37,3 +37,16 @@ def test_pods_are_read_only_while_some_exist_unready() -> None:
     assert _waiting_for_workers(spec, job(active=2, ready=1))
     assert not _waiting_for_workers(spec, job(active=2, ready=2))
     assert not _waiting_for_workers(spec, job(active=1, ready=1, succeeded=1))
+
+
+def test_a_finishing_job_stays_running_without_reading_its_pods() -> None:
+    from slipway.status.trainingjob import observe
+
+    spec = TrainingJobSpec.model_validate({"image": "i", "workers": 1})
+    finishing = {"metadata": {"name": "j"}, "spec": {},
+                 "status": {"active": 0, "ready": 0, "succeeded": 0,
+                            "uncountedTerminatedPods": {"succeeded": ["uid-1"]}}}
+    assert not _waiting_for_workers(spec, finishing)
+    tj_ = {**tj(1, {"phase": "Running", "observedGeneration": 1}), "spec": {"image": "i"}}
+    obs = observe(spec, tj_, finishing, None, "2026-01-01T00:00:00Z")
+    assert obs.status["phase"] == "Running" and obs.events == []

@@ -235,7 +235,8 @@ def _pick(jobs: list[dict[str, Any]], desired: dict[str, Any], attempt: int
     return current, note, [j for j in jobs if id(j) not in keep]
 
 
-async def reconcile(tj: dict[str, Any], uid: str | None = None) -> None:
+async def reconcile(tj: dict[str, Any], uid: str | None = None,
+                    child_event: bool = False) -> None:
     """Reconcile the TrainingJob *tj* names. *tj* may be an old copy (a LIST in the resync
     loop, a Job event): the object is read again under the lock and only that copy is used.
     With *uid*, only that incarnation of the name is reconciled (a Job's owner)."""
@@ -247,10 +248,13 @@ async def reconcile(tj: dict[str, Any], uid: str | None = None) -> None:
         if uid is not None and current["metadata"].get("uid") != uid:
             return
         with metrics.RECONCILE_SECONDS.labels(KIND).time():
-            await _reconcile(current)
+            await _reconcile(current, child_event)
 
 
-async def _reconcile(tj: dict[str, Any]) -> None:
+async def _reconcile(tj: dict[str, Any], child_event: bool = False) -> None:
+    """*child_event*: woken by a change of the Job, which says nothing about the headless
+    Service; it is then only checked when a Job is created (a GET per Job event, five or
+    more per job, was the most frequent request at a burst of two-worker jobs)."""
     meta = tj["metadata"]
     settled.forget(KIND, tj)  # marked again below only if it ends settled
     now = now_rfc3339()
@@ -281,7 +285,7 @@ async def _reconcile(tj: dict[str, Any]) -> None:
         JOBS.remove(old)
 
     try:
-        if service:
+        if service and (current is None or not child_event):
             await _ensure_service(service, tj)
         if current is None:
             current = await _create(spec, tj, desired)
@@ -515,7 +519,7 @@ async def job_event(type: str | None, body: dict[str, Any]) -> None:
     try:  # an API outage is logged; the resync loop catches up afterwards
         # The fresh read (and the final/UID checks) happen once, under the lock.
         await reconcile({"metadata": {"namespace": meta["namespace"], "name": name}},
-                        uid=None if type == "DELETED" else uid)
+                        uid=None if type == "DELETED" else uid, child_event=True)
     except kube.KubeError as exc:
         _log.warning(f"could not reconcile {name} after a Job event: {exc}")
 

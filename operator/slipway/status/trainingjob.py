@@ -200,7 +200,12 @@ def running_workers(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
     live = [(p.get("status") or {}).get("phase") for p in pods
             if not p["metadata"].get("deletionTimestamp")]
     running, done = live.count("Running"), live.count("Succeeded")
-    return max(max(js.get("ready") or 0, running) + (js.get("succeeded") or 0), running + done)
+    # Pods that completed but that the Job controller has yet to add to `succeeded` (it
+    # tracks them by finalizer first): without them a finishing job would flicker to
+    # Pending for a moment, a status write and an Event each.
+    finishing = len(((js.get("uncountedTerminatedPods") or {}).get("succeeded")) or [])
+    return max(max(js.get("ready") or 0, running) + (js.get("succeeded") or 0) + finishing,
+               running + done)
 
 
 def kueue_reason(workload: dict[str, Any] | None) -> tuple[str, str] | None:
