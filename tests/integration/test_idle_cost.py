@@ -63,6 +63,10 @@ def test_idle_operator_makes_no_per_object_requests(kubectl: Kubectl, namespace:
              timeout=120, what="every TrainingJob Running or Succeeded")
     wait_for(lambda: phases(kubectl, namespace, "modeldeployments")
              == Counter({"Stopped": STOPPED_MDS}), timeout=60, what="ModelDeployments Stopped")
+    # Earlier tests' namespaces still being deleted would wake their objects meanwhile.
+    wait_for(lambda: "Terminating" not in kubectl(
+        "get", "namespaces", "-o", "jsonpath={.items[*].status.phase}").stdout,
+             timeout=180, what="no namespace terminating")
     time.sleep(3 * TICK)  # Kopf's own post-handler patches, then a tick that settles them
 
     ticks = 5

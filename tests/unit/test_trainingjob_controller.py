@@ -238,3 +238,72 @@ def test_a_finished_attempt_is_the_outcome_even_after_a_template_edit(fake: Fake
     complete(fake.jobs()[first])
     st = run(fake)["status"]
     assert st["phase"] == "Succeeded" and fake.created == [first] and fake.deleted == []
+
+
+@pytest.fixture
+def stores() -> Any:
+    """The watch stores as the running operator has them after their first LIST."""
+    ctl.JOBS.keep_only(set())
+    ctl.TRAININGJOBS.keep_only(set())
+    yield ctl.JOBS, ctl.TRAININGJOBS
+    ctl.JOBS.clear()
+    ctl.TRAININGJOBS.clear()
+
+
+def test_with_the_stores_own_writes_are_seen_before_their_watch_events(
+        fake: FakeKube, stores: Any) -> None:
+    jobs, tjs = stores
+    tj = new_tj(fake)
+    tj["metadata"]["resourceVersion"] = "1"
+    tjs.put(tj)
+    run(fake)
+    assert len(fake.created) == 1 and len(jobs) == 1  # the create was written through
+    # No watch event has arrived yet (the fake has none): the next pass, say a Job event
+    # coming early, reads the Job from the store and creates nothing.
+    fake.objects[("TrainingJob", "bert")]["metadata"]["resourceVersion"] = "2"
+    asyncio.run(ctl.reconcile({"metadata": {"namespace": NS, "name": "bert"}}))
+    assert len(fake.created) == 1
+    # A stale copy handed in (a resync LIST from before a suspend) loses to the store's.
+    stale = copy.deepcopy(tj)
+    newer = {**copy.deepcopy(tj), "spec": {"image": "trainer:1",
+                                           "runPolicy": {"suspend": True}}}
+    newer["metadata"]["resourceVersion"] = "5"
+    tjs.put(newer)
+    asyncio.run(ctl.reconcile(stale))
+    (job,) = fake.jobs().values()
+    assert job["spec"]["suspend"] is True
+
+
+def test_a_finished_job_is_a_stub_in_the_store_and_costs_no_read(
+        fake: FakeKube, stores: Any) -> None:
+    _, tjs = stores
+    done = {"apiVersion": "slipway.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "old", "namespace": NS, "uid": "u1", "generation": 1,
+                         "resourceVersion": "3", "managedFields": [{"manager": "x"}]},
+            "spec": {"image": "trainer:1"},
+            "status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z",
+                       "conditions": [{"type": "Succeeded", "status": "True"}]}}
+    tjs.put(done)
+    held = tjs.get(NS, "old")
+    assert held[ctl.STUB] and "image" not in held["spec"] and held["status"]["conditions"] == []
+    reads: list[str] = []
+
+    async def counted_get(*args: Any) -> None:
+        reads.append(args[3])
+
+    kube.get = counted_get  # type: ignore[assignment]  # restored by the fake fixture
+    asyncio.run(ctl.reconcile({"metadata": {"namespace": NS, "name": "old"}}))
+    assert reads == [] and fake.created == []
+
+
+def test_a_terminating_namespace_is_not_a_failed_job(fake: FakeKube,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    new_tj(fake)
+
+    async def forbidden(manifest: dict[str, Any]) -> dict[str, Any]:
+        raise kube.KubeError("POST jobs: 403 unable to create new content in namespace ml "
+                             "because it is being terminated", 403)
+
+    monkeypatch.setattr(kube, "create", forbidden)
+    tj = run(fake)
+    assert (tj.get("status") or {}).get("phase") != "Failed" and fake.events == []

@@ -79,6 +79,10 @@ HELD_ANNOTATION = "slipway.dev/held"
 SETTLED_PHASES = ("Running",)
 
 
+class Terminating(Exception):
+    """The TrainingJob's namespace is being deleted: nothing more to do."""
+
+
 class Blocked(Exception):
     """A child's name is taken by an object this TrainingJob does not control: wait."""
 
@@ -145,25 +149,53 @@ def _finished(job: dict[str, Any]) -> bool:
     return job_condition(job, "Complete", "Failed") is not None
 
 
+def _slim_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as the reconcile reads it: Slipway's and Kueue's labels and annotations,
+    the controller ownerReference, no managedFields (often half of an object)."""
+    keep = {k: v for k, v in meta.items() if k not in (
+        "managedFields", "labels", "annotations", "ownerReferences", "finalizers")}
+    keep["labels"] = {k: v for k, v in (meta.get("labels") or {}).items()
+                      if k.startswith("slipway.dev/") or k == QUEUE_LABEL}
+    keep["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
+                           if k.startswith("slipway.dev/")}
+    keep["ownerReferences"] = [r for r in meta.get("ownerReferences") or []
+                               if r.get("controller")]
+    return keep
+
+
 def _trim_job(job: dict[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a Job: its metadata, the spec's scalar fields (not the pod
-    template, most of a Job's size) and its status."""
-    meta = {k: v for k, v in job.get("metadata", {}).items() if k != "managedFields"}
+    """What the reconcile reads of a Job: slim metadata, the spec's scalar fields (not the
+    pod template, most of a Job's size) and its status."""
     spec = {k: v for k, v in (job.get("spec") or {}).items()
             if k not in ("template", "selector", "podFailurePolicy")}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec,
-            "status": job.get("status") or {}}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _slim_meta(job["metadata"]),
+            "spec": spec, "status": job.get("status") or {}}
 
 
-def _trim_meta(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
-    return {**obj, "metadata": meta}
+STUB = "slipway.dev/stub"  # a store entry that holds only what _done_for_good reads
+
+
+def _trim_trainingjob(tj: dict[str, Any]) -> dict[str, Any]:
+    """A TrainingJob as the store keeps it. A finished one becomes a stub: nothing but its
+    TTL is ever looked at again, and at 10,000 objects most of them are finished."""
+    meta = _slim_meta(tj["metadata"])
+    if not is_final(tj):
+        return {**tj, "metadata": meta}
+    status = tj.get("status") or {}
+    ttl = ((tj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    return {STUB: True, "metadata": meta,
+            "spec": {"runPolicy": {"ttlSecondsAfterFinished": ttl}} if ttl is not None else {},
+            "status": {"phase": status.get("phase"),
+                       "completionTime": status.get("completionTime"),
+                       "observedGeneration": status.get("observedGeneration"),
+                       "conditions": [c for c in status.get("conditions") or []
+                                      if c.get("type") == "Failed"]}}
 
 
 # Every Job Slipway owns, as its watch last saw it (or as written here since).
 JOBS = Store(LABEL, _trim_job)
 # Every TrainingJob, the same way: a reconcile reads it here, not with a GET per pass.
-TRAININGJOBS = Store(LABEL, _trim_meta)
+TRAININGJOBS = Store(LABEL, _trim_trainingjob)
 
 
 def _newest(*copies: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -179,7 +211,10 @@ async def _current(tj: dict[str, Any]) -> dict[str, Any] | None:
     meta = tj["metadata"]
     if TRAININGJOBS.synced:
         held = _newest(tj, TRAININGJOBS.get(meta["namespace"], meta["name"]))
-        if held is not None:
+        if held is not None and held.get(STUB):
+            if _done_for_good(held):
+                return None  # finished, no TTL due: nothing to do, not even a GET
+        elif held is not None:
             if held["metadata"].get("deletionTimestamp"):
                 return None
             return {"apiVersion": API_VERSION, "kind": KIND, **held}
@@ -294,6 +329,8 @@ async def _reconcile(tj: dict[str, Any], child_event: bool = False) -> None:
             # still takes the mutable fields, suspend above all (else the change could never
             # apply).
             current = await _converge(spec, desired, current)
+    except Terminating:
+        return
     except Blocked as blocked:
         await _write(tj, observe(spec, tj, None, None, now, attempt=attempt,
                                  waiting=("NameConflict", blocked.message)))
@@ -373,6 +410,10 @@ async def _create(spec: TrainingJobSpec, tj: dict[str, Any],
                 JOBS.put(existing)
                 return existing
             raise _taken("Job", existing) from exc
+        if exc.status == 403 and "being terminated" in str(exc):
+            # The namespace is being deleted (its Jobs can go before the TrainingJob): the
+            # TrainingJob goes too, and marking it Failed would only be noise.
+            raise Terminating() from exc
         if transient(exc):
             raise
         raise BuildError(f"the Job was rejected: {exc}") from exc
@@ -536,7 +577,7 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     _watches["trainingjobs"] = SelectorWatch(API_VERSION, KIND, "", trainingjob_event,
                                              namespace, workers=16, store=TRAININGJOBS)
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
-                         initial=False)  # the resync loop's first pass covers start-up
+                         initial=False, workers=32)  # the resync loop's first pass covers start-up
     memo["trainingjob_watches"] = [asyncio.create_task(w.run())
                                    for w in (_watches["trainingjobs"], jobs)]
 
