@@ -136,3 +136,14 @@ async def test_resync_reconciles_only_what_skip_leaves_page_by_page(
 ])
 def test_request_metric_names_the_resource(url: str, resource: str) -> None:
     assert kube.resource_of(url) == resource
+
+
+def test_a_mark_for_a_while_lapses(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(settled.time, "monotonic", lambda: clock[0])
+    a = obj("a", "10", "Pending")
+    settled.mark("K", a, for_seconds=15)
+    assert settled.is_settled("K", a)
+    assert not settled.is_settled("K", obj("a", "11", "Pending"))  # changed since
+    clock[0] = 116.0
+    assert not settled.is_settled("K", a)  # the next tick looks at it again

@@ -12,11 +12,13 @@ waits on something without an event, an operator restart) means a full reconcile
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
-# kind -> uid -> resourceVersion after its last settled reconcile
-_memo: dict[str, dict[str, str]] = {}
+# kind -> uid -> (resourceVersion after its last reconcile, monotonic time until which the
+# tick may skip it; None: for as long as the resourceVersion holds)
+_memo: dict[str, dict[str, tuple[str, float | None]]] = {}
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -24,11 +26,15 @@ def _key(obj: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return meta.get("uid"), meta.get("resourceVersion")
 
 
-def mark(kind: str, obj: Mapping[str, Any]) -> None:
-    """*obj* (as written or read last) needs nothing until it or a child changes."""
+def mark(kind: str, obj: Mapping[str, Any], for_seconds: float | None = None) -> None:
+    """*obj* (as written or read last) needs nothing until it or a child changes; with
+    *for_seconds*, only for that long. The latter is for an object still waiting on
+    something (a Pending TrainingJob) that was reconciled just now: at a burst of a thousand
+    jobs, the tick would otherwise reconcile each of them again on top of its events."""
     uid, rv = _key(obj)
     if uid and rv:
-        _memo.setdefault(kind, {})[uid] = rv
+        until = None if for_seconds is None else time.monotonic() + for_seconds
+        _memo.setdefault(kind, {})[uid] = (rv, until)
 
 
 def forget(kind: str, obj: Mapping[str, Any]) -> None:
@@ -41,7 +47,10 @@ def forget(kind: str, obj: Mapping[str, Any]) -> None:
 def is_settled(kind: str, obj: Mapping[str, Any]) -> bool:
     """True when *obj* (from a LIST) is exactly as its last settled reconcile left it."""
     uid, rv = _key(obj)
-    return uid is not None and rv is not None and _memo.get(kind, {}).get(uid) == rv
+    entry = _memo.get(kind, {}).get(uid) if uid is not None else None
+    if entry is None or rv is None or entry[0] != rv:
+        return False
+    return entry[1] is None or time.monotonic() < entry[1]
 
 
 def prune(kind: str, live_uids: set[str]) -> None:

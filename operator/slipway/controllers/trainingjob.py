@@ -356,6 +356,8 @@ async def _reconcile(tj: dict[str, Any], child_event: bool = False) -> None:
                                       kueue=kueue_reason(workload)))
     if (result.get("status") or {}).get("phase") in SETTLED_PHASES:
         settled.mark(KIND, result)
+    else:  # still waiting: the next tick may leave it alone unless it changes
+        settled.mark(KIND, result, for_seconds=active().resync_seconds)
 
 
 def _waiting_for_workers(spec: TrainingJobSpec, job: dict[str, Any]) -> bool:
@@ -575,7 +577,7 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     level-based and keyed on the observed generation, so none of that is needed."""
     namespace = active().namespace
     _watches["trainingjobs"] = SelectorWatch(API_VERSION, KIND, "", trainingjob_event,
-                                             namespace, workers=16, store=TRAININGJOBS)
+                                             namespace, workers=32, store=TRAININGJOBS)
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
                          initial=False, workers=32)  # the resync loop's first pass covers start-up
     memo["trainingjob_watches"] = [asyncio.create_task(w.run())
