@@ -37,7 +37,23 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
-def _rv(obj: dict[str, Any]) -> int | None:
+class Retry(Exception):
+    """Raised by a handler: run it again for this object after *delay* seconds (an API
+    fault), with the same event, unless a newer one comes first."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"retry in {delay:.0f}s")
+        self.delay = delay
+
+
+def object_key(obj: dict[str, Any]) -> Key:
+    """(namespace, name) of *obj*."""
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+def resource_version(obj: dict[str, Any]) -> int | None:
+    """*obj*'s resourceVersion as a number (None when it has none)."""
     try:
         return int((obj.get("metadata") or {}).get("resourceVersion") or "")
     except ValueError:
@@ -60,11 +76,6 @@ class Store:
         self._objects: dict[Key, dict[str, Any]] = {}
         self._index: dict[Key, set[str]] = {}  # (namespace, label value) -> names
 
-    @staticmethod
-    def _key(obj: dict[str, Any]) -> Key:
-        meta = obj.get("metadata") or {}
-        return meta.get("namespace") or "", meta.get("name") or ""
-
     def _index_key(self, obj: dict[str, Any]) -> Key | None:
         meta = obj.get("metadata") or {}
         value = (meta.get("labels") or {}).get(self.label)
@@ -73,10 +84,10 @@ class Store:
     def put(self, obj: dict[str, Any]) -> bool:
         """Hold *obj*; False when it is no news: the very version held already (the watch
         event of a write the controller has put here itself), or an older one."""
-        key = self._key(obj)
+        key = object_key(obj)
         old = self._objects.get(key)
         if old is not None:
-            new_rv, old_rv = _rv(obj), _rv(old)
+            new_rv, old_rv = resource_version(obj), resource_version(old)
             if new_rv is not None and old_rv is not None and new_rv <= old_rv:
                 return False  # a late event of a change already written through
             self._unindex(old)
@@ -88,7 +99,7 @@ class Store:
         return True
 
     def remove(self, obj: dict[str, Any]) -> None:
-        old = self._objects.pop(self._key(obj), None)
+        old = self._objects.pop(object_key(obj), None)
         if old is not None:
             self._unindex(old)
 
@@ -96,7 +107,7 @@ class Store:
         index = self._index_key(obj)
         names = self._index.get(index) if index else None
         if names is not None and index is not None:
-            names.discard(self._key(obj)[1])
+            names.discard(object_key(obj)[1])
             if not names:
                 del self._index[index]
 
@@ -142,8 +153,6 @@ class SelectorWatch:
 
     # -- the work queue ----------------------------------------------------------------
     def put(self, type_: str | None, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        key = (meta.get("namespace") or "", meta.get("name") or "")
         if self.store is not None:  # before the handler runs: it reads the store
             if type_ == "DELETED":
                 self.store.remove(obj)
@@ -151,10 +160,18 @@ class SelectorWatch:
                 return  # the controller's own write, or a relist: nothing new to handle
             if type_ is None and not self.store.synced and not self.initial:
                 return  # the first LIST only fills the store
+        self._enqueue(type_, obj)
+
+    def _enqueue(self, type_: str | None, obj: dict[str, Any]) -> None:
+        key = object_key(obj)
         queued = key in self._pending
         self._pending[key] = (type_, obj)  # the newest copy wins
         if not queued and key not in self._busy:
             self._queue.put_nowait(key)
+
+    def _enqueue_unless_newer(self, type_: str | None, obj: dict[str, Any]) -> None:
+        if object_key(obj) not in self._pending:  # a newer event is queued: it wins
+            self._enqueue(type_, obj)
 
     async def _work(self) -> None:
         while True:
@@ -163,6 +180,9 @@ class SelectorWatch:
             self._busy.add(key)
             try:
                 await self.handler(type_, obj)
+            except Retry as retry:  # past the store: it already holds this very version
+                asyncio.get_running_loop().call_later(
+                    retry.delay, self._enqueue_unless_newer, type_, obj)
             except Exception:  # one object's failure must not stop the queue
                 log.exception(f"{self.kind} {key[0]}/{key[1]}: handler failed")
             finally:
@@ -206,7 +226,7 @@ class SelectorWatch:
                 self.api_version, self.kind, self.namespace, self.selector):
             for obj in page:
                 self.put(None, obj)
-                listed.add(Store._key(obj))
+                listed.add(object_key(obj))
             rv = meta.get("resourceVersion") or rv
         if self.store is not None:
             self.store.keep_only(listed)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from slipway.watch import Gone, SelectorWatch, Store
+from slipway.watch import Gone, Retry, SelectorWatch, Store
 
 
 def job(name: str, rv: str) -> dict[str, Any]:
@@ -136,5 +136,25 @@ async def test_a_store_turns_echoes_of_own_writes_and_the_first_list_into_no_wor
     await asyncio.sleep(0.05)
     assert handled == [("MODIFIED", "mine"), ("DELETED", "listed")]
     assert [o["metadata"]["name"] for o in store.by_label("ns", "a")] == ["mine"]
+    for t in workers:
+        t.cancel()
+
+
+async def test_a_retry_runs_the_handler_again_past_the_store() -> None:
+    calls: list[str] = []
+
+    async def handler(type_: str | None, obj: dict[str, Any]) -> None:
+        calls.append(obj["metadata"]["resourceVersion"])
+        if len(calls) == 1:
+            raise Retry(0.01)
+
+    store = Store("app")
+    w = SelectorWatch("batch/v1", "Job", "app", handler, store=store)
+    workers = [asyncio.create_task(w._work())]
+    store.keep_only(set())
+    # The store holds this version by the time the retry comes: it must still run.
+    w.put("ADDED", labelled("a", "1", "a"))
+    await asyncio.sleep(0.1)
+    assert calls == ["1", "1"]
     for t in workers:
         t.cancel()

@@ -65,7 +65,7 @@ from slipway.status.trainingjob import (
     ttl_due,
     ttl_expired,
 )
-from slipway.watch import SelectorWatch, Store
+from slipway.watch import Retry, SelectorWatch, Store, resource_version
 
 KIND = "TrainingJob"
 _log = logging.getLogger("slipway.trainingjob")
@@ -182,7 +182,7 @@ def _trim_trainingjob(tj: dict[str, Any]) -> dict[str, Any]:
     if not is_final(tj):
         return {**tj, "metadata": meta}
     status = tj.get("status") or {}
-    ttl = ((tj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    ttl = _raw_ttl(tj)
     return {STUB: True, "metadata": meta,
             "spec": {"runPolicy": {"ttlSecondsAfterFinished": ttl}} if ttl is not None else {},
             "status": {"phase": status.get("phase"),
@@ -200,8 +200,8 @@ TRAININGJOBS = Store(LABEL, _trim_trainingjob)
 
 def _newest(*copies: dict[str, Any] | None) -> dict[str, Any] | None:
     """The copy with the highest resourceVersion (None when there is none)."""
-    known = [c for c in copies if c and (c.get("metadata") or {}).get("resourceVersion")]
-    return max(known, key=lambda c: int(c["metadata"]["resourceVersion"]), default=None)
+    known = [(rv, c) for c in copies if c and (rv := resource_version(c)) is not None]
+    return max(known, key=lambda rc: rc[0], default=(0, None))[1]
 
 
 async def _current(tj: dict[str, Any]) -> dict[str, Any] | None:
@@ -477,7 +477,6 @@ async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
 # -- handlers -------------------------------------------------------------------
 
 RETRY_SECONDS = 5.0  # after an API fault, before the object is reconciled again
-_watches: dict[str, SelectorWatch] = {}  # "trainingjobs" -> the running watch
 
 
 def _needs_reconcile(type_: str | None, tj: dict[str, Any]) -> bool:
@@ -511,9 +510,7 @@ async def trainingjob_event(type_: str | None, tj: dict[str, Any]) -> None:
             return
         _log.warning(f"reconcile of {tj['metadata']['name']} failed, again in "
                      f"{RETRY_SECONDS:.0f}s: {exc}")
-        watch = _watches.get("trainingjobs")
-        if watch is not None:  # as a relist would: only an unobserved spec is retried
-            asyncio.get_running_loop().call_later(RETRY_SECONDS, watch.put, None, tj)
+        raise Retry(RETRY_SECONDS) from exc
 
 
 async def _resync(tj: dict[str, Any]) -> None:
@@ -525,12 +522,17 @@ def _done_for_good(tj: dict[str, Any]) -> bool:
     if not is_final(tj):
         return False
     # The raw field, not a parsed spec: this runs for every finished job on every tick.
-    ttl = ((tj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    ttl = _raw_ttl(tj)
     if ttl is None:
         return True
     if not isinstance(ttl, int):  # the schema forbids it: let the reconcile report it
         return False
     return not ttl_due(ttl, tj, dt.datetime.now(dt.UTC))
+
+
+def _raw_ttl(tj: dict[str, Any]) -> Any:
+    """spec.runPolicy.ttlSecondsAfterFinished as stored (None when unset)."""
+    return ((tj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
 
 
 def _nothing_to_do(tj: dict[str, Any]) -> bool:
@@ -576,12 +578,11 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     bookkeeping per object (status.kopf) and a diff of every status write; reconciles are
     level-based and keyed on the observed generation, so none of that is needed."""
     namespace = active().namespace
-    _watches["trainingjobs"] = SelectorWatch(API_VERSION, KIND, "", trainingjob_event,
-                                             namespace, workers=32, store=TRAININGJOBS)
+    tjs = SelectorWatch(API_VERSION, KIND, "", trainingjob_event, namespace, workers=32,
+                        store=TRAININGJOBS)
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
                          initial=False, workers=32)  # the resync loop's first pass covers start-up
-    memo["trainingjob_watches"] = [asyncio.create_task(w.run())
-                                   for w in (_watches["trainingjobs"], jobs)]
+    memo["trainingjob_watches"] = [asyncio.create_task(w.run()) for w in (tjs, jobs)]
 
 
 @kopf.on.cleanup()
@@ -590,6 +591,5 @@ async def stop_watching_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    _watches.clear()
     JOBS.clear()
     TRAININGJOBS.clear()
