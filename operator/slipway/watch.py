@@ -10,6 +10,11 @@ handler runs for an object, later events for it collapse into one more run with 
 copy, and at most `workers` handlers run at once. A handler gets the event type (None for
 objects found by a LIST, as Kopf does) and the object; handlers must be level-based (they
 re-read what they need), since an intermediate event can be skipped.
+
+With a `batch` period, a change waits that long before its handler runs, so the burst of
+updates a child goes through (a Job's active, ready, succeeded, complete) is handled once,
+not once per step: the Job controller's own `syncJobBatchPeriod` does the same with pods.
+Deletions are never held back.
 """
 
 from __future__ import annotations
@@ -140,15 +145,17 @@ class SelectorWatch:
 
     def __init__(self, api_version: str, kind: str, selector: str, handler: Handler,
                  namespace: str | None = None, workers: int = 8,
-                 store: Store | None = None, initial: bool = True) -> None:
+                 store: Store | None = None, initial: bool = True, batch: float = 0.0) -> None:
         self.api_version, self.kind, self.selector = api_version, kind, selector
         self.namespace, self.handler, self.workers = namespace, handler, workers
+        self.batch = batch  # seconds a change waits, to be handled with the ones after it
         # With a store: *initial* False leaves the objects of the first LIST to another
         # start-up pass (the resync loop's); later relists hand on only what changed.
         self.store, self.initial = store, initial
         self._pending: dict[Key, tuple[str | None, dict[str, Any]]] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._busy: set[Key] = set()
+        self._held: set[Key] = set()  # waiting out the batch period
         self._stop = threading.Event()
 
     # -- the work queue ----------------------------------------------------------------
@@ -166,8 +173,21 @@ class SelectorWatch:
         key = object_key(obj)
         queued = key in self._pending
         self._pending[key] = (type_, obj)  # the newest copy wins
-        if not queued and key not in self._busy:
-            self._queue.put_nowait(key)
+        if key in self._held and type_ == "DELETED":
+            self._release(key)  # a deletion is handled at once
+        elif not queued and key not in self._busy:
+            if self.batch > 0 and type_ == "MODIFIED":
+                self._held.add(key)
+                asyncio.get_running_loop().call_later(self.batch, self._release, key)
+            else:
+                self._queue.put_nowait(key)
+
+    def _release(self, key: Key) -> None:
+        """The batch period of *key* is over: queue it (unless a deletion already did)."""
+        if key in self._held:
+            self._held.discard(key)
+            if key not in self._busy:
+                self._queue.put_nowait(key)
 
     def _enqueue_unless_newer(self, type_: str | None, obj: dict[str, Any]) -> None:
         if object_key(obj) not in self._pending:  # a newer event is queued: it wins

@@ -73,6 +73,8 @@ class FakeKube:
         obj = self.objects[(kind, name)]
         for part, fields in body.items():
             obj.setdefault(part, {}).update(copy.deepcopy(fields))
+        if "resourceVersion" in obj["metadata"]:  # as the API server does, on every write
+            obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
         return copy.deepcopy(obj)
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
@@ -307,3 +309,26 @@ def test_a_terminating_namespace_is_not_a_failed_job(fake: FakeKube,
     monkeypatch.setattr(kube, "create", forbidden)
     tj = run(fake)
     assert (tj.get("status") or {}).get("phase") != "Failed" and fake.events == []
+
+
+def test_listeners_hear_of_phase_changes_only(fake: FakeKube, stores: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    heard: list[tuple[str, str]] = []
+
+    async def listener(namespace: str, name: str) -> None:
+        heard.append((namespace, name))
+
+    monkeypatch.setattr(ctl, "_PHASE_LISTENERS", [listener])
+    jobs, tjs = stores
+    tj = new_tj(fake)
+    tj["metadata"]["resourceVersion"] = "1"
+    tjs.put(tj)
+    run(fake)  # no phase -> Pending
+    assert heard == [(NS, "bert")]
+    run(fake)  # nothing changed
+    assert heard == [(NS, "bert")]
+    (job,) = fake.jobs().values()
+    complete(job)
+    jobs.put(job)  # as its watch event would
+    assert run(fake)["status"]["phase"] == "Succeeded"
+    assert heard == [(NS, "bert")] * 2

@@ -158,3 +158,31 @@ async def test_a_retry_runs_the_handler_again_past_the_store() -> None:
     assert calls == ["1", "1"]
     for t in workers:
         t.cancel()
+
+
+async def test_a_batch_period_coalesces_updates_but_not_deletions() -> None:
+    calls: list[tuple[str | None, str]] = []
+
+    async def handler(type_: str | None, obj: dict[str, Any]) -> None:
+        calls.append((type_, obj["metadata"]["resourceVersion"]))
+
+    w = SelectorWatch("batch/v1", "Job", "a", handler, workers=2, batch=0.1)
+    workers = [asyncio.create_task(w._work()) for _ in range(2)]
+    w.put("ADDED", job("a", "1"))  # a new object is not held back
+    await asyncio.sleep(0.01)
+    assert calls == [("ADDED", "1")]
+    for rv in ("2", "3", "4"):  # the steps of one change: handled once, after the period
+        w.put("MODIFIED", job("a", rv))
+        await asyncio.sleep(0.02)
+    assert calls == [("ADDED", "1")]
+    await asyncio.sleep(0.1)
+    assert calls == [("ADDED", "1"), ("MODIFIED", "4")]
+    w.put("MODIFIED", job("a", "5"))  # held ...
+    await asyncio.sleep(0.01)
+    w.put("DELETED", job("a", "6"))  # ... but a deletion goes at once, as the newest copy
+    await asyncio.sleep(0.01)
+    assert calls[-1] == ("DELETED", "6")
+    await asyncio.sleep(0.15)
+    assert len(calls) == 3  # the released timer does not run it again
+    for t in workers:
+        t.cancel()

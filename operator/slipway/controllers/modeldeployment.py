@@ -33,7 +33,7 @@ from slipway.builders.inferenceservice import (
 )
 from slipway.canary import children
 from slipway.config import active
-from slipway.controllers import common, resync, settled
+from slipway.controllers import common, resync, settled, trainingjob
 from slipway.status.modeldeployment import mirror_status, transition_events
 from slipway.status.predictor import predictor_problem
 
@@ -270,24 +270,41 @@ async def inferenceservice_changed(namespace: str | None, body: kopf.Body,
                        f"InferenceService changed failed; the resync retries: {exc}")
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def modeldeployments_by_trainingjob(namespace: str | None, name: str, spec: kopf.Spec,
-                                          **_: Any) -> dict[tuple[str | None, str], str] | None:
-    """(namespace, TrainingJob name) -> the ModelDeployments that serve its output."""
-    tj = spec.get("fromTrainingJob")
-    return {(namespace, tj): name} if tj else None
+# (namespace, TrainingJob name) -> the ModelDeployments that serve its output, kept from the
+# ModelDeployments' own events.
+_SERVING: dict[tuple[str, str], set[str]] = {}
+_SERVES: dict[tuple[str, str], str] = {}  # (namespace, ModelDeployment) -> TrainingJob
 
 
-@kopf.on.event(GROUP, VERSION, "trainingjobs")
-async def serve_trainingjob_output(namespace: str | None, name: str, logger: kopf.Logger,
-                                   **kwargs: Any) -> None:
-    """React to a TrainingJob finishing (or vanishing) at once instead of on the next tick."""
-    index: kopf.Index[tuple[str | None, str], str] = kwargs["modeldeployments_by_trainingjob"]
-    if namespace is None:
-        return
-    for md in list(index.get((namespace, name), [])):
+def index_trainingjob(namespace: str, name: str, trainingjob: str | None) -> None:
+    """Record which TrainingJob (None: none, or deleted) ModelDeployment *name* serves."""
+    old = _SERVES.pop((namespace, name), None)
+    if old is not None:
+        names = _SERVING.get((namespace, old), set())
+        names.discard(name)
+        if not names:
+            _SERVING.pop((namespace, old), None)
+    if trainingjob:
+        _SERVES[(namespace, name)] = trainingjob
+        _SERVING.setdefault((namespace, trainingjob), set()).add(name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def modeldeployment_event(type: str | None, namespace: str | None, name: str,
+                                spec: kopf.Spec, **_: Any) -> None:
+    if namespace is not None:
+        index_trainingjob(namespace, name,
+                          None if type == "DELETED" else spec.get("fromTrainingJob"))
+
+
+@trainingjob.on_phase_change
+async def serve_trainingjob_output(namespace: str, name: str) -> None:
+    """React to a TrainingJob appearing, finishing or vanishing at once instead of on the
+    next tick. Told by the TrainingJob controller, whose watch sees every TrainingJob
+    already: a Kopf handler on them cost a second stream of every status write."""
+    for md in sorted(_SERVING.get((namespace, name), ())):
         try:
-            await reconcile(namespace, md, logger)
+            await reconcile(namespace, md, _log)
         except kube.KubeError as exc:
-            logger.warning(f"reconciling ModelDeployment {md} after TrainingJob {name} "
-                           f"changed failed; the resync retries: {exc}")
+            _log.warning(f"reconciling ModelDeployment {md} after TrainingJob {name} "
+                         f"changed failed; the resync retries: {exc}")

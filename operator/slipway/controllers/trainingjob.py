@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -77,6 +78,23 @@ WORKLOAD_API, JOB_UID_LABEL = "kueue.x-k8s.io/v1beta1", "kueue.x-k8s.io/job-uid"
 HELD_ANNOTATION = "slipway.dev/held"
 # A phase in which nothing changes without an event of the Job (controllers.settled).
 SETTLED_PHASES = ("Running",)
+
+
+# Told (namespace, name) when a TrainingJob appears, changes phase or is deleted.
+PhaseListener = Callable[[str, str], Awaitable[None]]
+_PHASE_LISTENERS: list[PhaseListener] = []
+
+
+def on_phase_change(listener: PhaseListener) -> PhaseListener:
+    """Register *listener* (a decorator): controllers.modeldeployment serves a finished job's
+    output as soon as it exists."""
+    _PHASE_LISTENERS.append(listener)
+    return listener
+
+
+async def _phase_changed(namespace: str, name: str) -> None:
+    for listener in _PHASE_LISTENERS:
+        await listener(namespace, name)
 
 
 class Terminating(Exception):
@@ -284,6 +302,14 @@ async def reconcile(tj: dict[str, Any], uid: str | None = None,
             return
         with metrics.RECONCILE_SECONDS.labels(KIND).time():
             await _reconcile(current, child_event)
+    # Status writes go through the store, so it holds the phase just written.
+    after = TRAININGJOBS.get(meta["namespace"], meta["name"]) or {}
+    if _phase(after) != _phase(current):
+        await _phase_changed(meta["namespace"], meta["name"])
+
+
+def _phase(tj: dict[str, Any]) -> str | None:
+    return (tj.get("status") or {}).get("phase")
 
 
 async def _reconcile(tj: dict[str, Any], child_event: bool = False) -> None:
@@ -477,6 +503,9 @@ async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
 # -- handlers -------------------------------------------------------------------
 
 RETRY_SECONDS = 5.0  # after an API fault, before the object is reconciled again
+# A Job's status changes in quick steps (active, ready, succeeded, complete); each change
+# waits this long so that one reconcile (one status write) covers the steps that follow.
+JOB_BATCH_SECONDS = 1.0
 
 
 def _needs_reconcile(type_: str | None, tj: dict[str, Any]) -> bool:
@@ -495,9 +524,13 @@ def _needs_reconcile(type_: str | None, tj: dict[str, Any]) -> bool:
 
 async def trainingjob_event(type_: str | None, tj: dict[str, Any]) -> None:
     """A TrainingJob was created, edited or deleted (its children go with it, by owner)."""
+    meta = tj["metadata"]
     if type_ == "DELETED":
         settled.forget(KIND, tj)
+        await _phase_changed(meta["namespace"], meta["name"])
         return
+    if type_ == "ADDED":
+        await _phase_changed(meta["namespace"], meta["name"])
     if not _needs_reconcile(type_, tj):
         return
     try:
@@ -581,7 +614,8 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     tjs = SelectorWatch(API_VERSION, KIND, "", trainingjob_event, namespace, workers=32,
                         store=TRAININGJOBS)
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
-                         initial=False, workers=32)  # the resync loop's first pass covers start-up
+                         initial=False,  # the resync loop's first pass covers start-up
+                         workers=32, batch=JOB_BATCH_SECONDS)
     memo["trainingjob_watches"] = [asyncio.create_task(w.run()) for w in (tjs, jobs)]
 
 
