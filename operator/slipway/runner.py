@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from slipway import health, metrics
+from slipway import health, memory, metrics
 from slipway.config import SETTINGS, Settings, activate, active
 from slipway.leader import Elector
 
@@ -81,6 +81,7 @@ async def _main(settings: Settings) -> None:
 def run(settings: Settings = SETTINGS) -> None:
     """Run the operator until interrupted."""
     activate(settings)
+    memory.limit_arenas()  # before any thread allocates
     import slipway.controllers  # noqa: F401  (registers the handlers)
 
     kopf.configure(

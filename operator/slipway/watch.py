@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -65,15 +66,34 @@ def resource_version(obj: dict[str, Any]) -> int | None:
         return None
 
 
+SHORT = 64  # strings up to this length are interned by compact()
+
+
+def compact(value: Any) -> Any:
+    """A copy of *value* with its dict keys and short strings interned. Each watch event is
+    decoded on its own, so every object held would otherwise carry its own copy of every
+    key ("metadata", "resourceVersion", ...) and of the values objects share (namespace,
+    label keys, condition types and reasons, the owner's name in labels and references):
+    at 10,000 objects, a third of the store's memory."""
+    if isinstance(value, dict):
+        return {sys.intern(k): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= SHORT:
+        return sys.intern(value)
+    return value
+
+
 class Store:
     """The watched objects as last seen, indexed by one label's value per namespace: what
     client-go's informer cache is to a Go controller. A reconcile reads its children here
     instead of LISTing them from the API server on every pass.
 
-    *trim* drops what no reader needs (a Job's pod template, managedFields) to keep memory
-    flat at thousands of objects. The controller also writes its own creates, patches and
-    deletes through (`put`, `remove`), so its next pass sees them before their watch events
-    arrive; an event older than the copy held (by resourceVersion) is then ignored."""
+    *trim* drops what no reader needs (a Job's pod template, managedFields) and the rest is
+    compacted, to keep memory flat at thousands of objects. The controller also writes its
+    own creates, patches and deletes through (`put`, `remove`), so its next pass sees them
+    before their watch events arrive; an event older than the copy held (by resourceVersion)
+    is then ignored."""
 
     def __init__(self, label: str, trim: Trim = dict) -> None:
         self.label, self.trim = label, trim
@@ -96,7 +116,7 @@ class Store:
             if new_rv is not None and old_rv is not None and new_rv <= old_rv:
                 return False  # a late event of a change already written through
             self._unindex(old)
-        trimmed = self.trim(obj)
+        trimmed = compact(self.trim(obj))
         self._objects[key] = trimmed
         index = self._index_key(trimmed)
         if index is not None:

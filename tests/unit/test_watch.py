@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
-from slipway.watch import Gone, Retry, SelectorWatch, Store
+from slipway.watch import Gone, Retry, SelectorWatch, Store, compact
 
 
 def job(name: str, rv: str) -> dict[str, Any]:
@@ -186,3 +187,16 @@ async def test_a_batch_period_coalesces_updates_but_not_deletions() -> None:
     assert len(calls) == 3  # the released timer does not run it again
     for t in workers:
         t.cancel()
+
+
+def test_store_compacts_what_it_holds() -> None:
+    a = {"metadata": {"namespace": "team-a", "name": "x"}, "status": {"reason": "Completions"}}
+    b = {"metadata": {"namespace": "team-a", "name": "y"}, "status": {"reason": "Completions"}}
+    # Decoded separately, as watch events are: equal strings, distinct objects.
+    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
+    ca, cb = compact(a), compact(b)
+    assert ca == a and cb == b  # the same content ...
+    assert ca["metadata"]["namespace"] is cb["metadata"]["namespace"]  # ... shared
+    assert next(iter(ca["status"])) is next(iter(cb["status"]))  # keys too
+    long = "m" * 200
+    assert compact({"message": long})["message"] is long  # long strings are left alone

@@ -25,7 +25,7 @@ from typing import Any
 
 import kopf
 
-from slipway import health, kube, metrics
+from slipway import health, kube, memory, metrics
 from slipway.config import active
 from slipway.controllers import settled
 
@@ -119,6 +119,7 @@ async def _loop(interval: float) -> None:
             if took > interval:
                 log.warning(f"resync of {count} objects took {took:.1f}s, longer than the "
                             f"{interval:.0f}s interval")
+        memory.trim()  # what a tick (or the burst before it) decoded and dropped
         await asyncio.sleep(interval)
 
 

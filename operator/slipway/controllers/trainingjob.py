@@ -181,13 +181,26 @@ def _slim_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
+# What the reconcile reads of a Job's spec and status conditions (FailureTarget: the
+# failed worker, before the Failed condition follows).
+_JOB_SPEC = ("parallelism", "completions", "completionMode", "suspend",
+             "activeDeadlineSeconds", "backoffLimit")
+_JOB_CONDITIONS = ("Complete", "Failed", "FailureTarget")
+_CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
+
+
 def _trim_job(job: dict[str, Any]) -> dict[str, Any]:
-    """What the reconcile reads of a Job: slim metadata, the spec's scalar fields (not the
-    pod template, most of a Job's size) and its status."""
-    spec = {k: v for k, v in (job.get("spec") or {}).items()
-            if k not in ("template", "selector", "podFailurePolicy")}
+    """What the reconcile reads of a Job: slim metadata, a few scalar fields of the spec
+    (not the pod template, most of a Job's size), the counts and times of its status and
+    the conditions that say how it ended."""
+    spec = job.get("spec") or {}
+    status = {k: v for k, v in (job.get("status") or {}).items()
+              if k != "conditions" and (v or v == 0)}
+    status["conditions"] = [{k: c[k] for k in _CONDITION_FIELDS if k in c}
+                            for c in (job.get("status") or {}).get("conditions") or []
+                            if c.get("type") in _JOB_CONDITIONS]
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _slim_meta(job["metadata"]),
-            "spec": spec, "status": job.get("status") or {}}
+            "spec": {k: spec[k] for k in _JOB_SPEC if k in spec}, "status": status}
 
 
 STUB = "slipway.dev/stub"  # a store entry that holds only what _done_for_good reads
