@@ -245,11 +245,11 @@ def test_a_finished_attempt_is_the_outcome_even_after_a_template_edit(fake: Fake
 @pytest.fixture
 def stores() -> Any:
     """The watch stores as the running operator has them after their first LIST."""
-    ctl.JOBS.keep_only(set())
-    ctl.TRAININGJOBS.keep_only(set())
+    for store in (ctl.JOBS, ctl.TRAININGJOBS, ctl.SERVICES):
+        store.keep_only(set())
     yield ctl.JOBS, ctl.TRAININGJOBS
-    ctl.JOBS.clear()
-    ctl.TRAININGJOBS.clear()
+    for store in (ctl.JOBS, ctl.TRAININGJOBS, ctl.SERVICES):
+        store.clear()
 
 
 def test_with_the_stores_own_writes_are_seen_before_their_watch_events(
@@ -332,3 +332,26 @@ def test_listeners_hear_of_phase_changes_only(fake: FakeKube, stores: Any,
     jobs.put(job)  # as its watch event would
     assert run(fake)["status"]["phase"] == "Succeeded"
     assert heard == [(NS, "bert")] * 2
+
+
+def test_the_headless_service_is_read_from_its_store(fake: FakeKube, stores: Any) -> None:
+    new_tj(fake, **DDP)
+    run(fake)  # not in the store yet: read, then applied and written through
+    assert ctl.SERVICES.get(NS, "bert") is not None
+    reads: list[str] = []
+    real_get = kube.get
+
+    async def counted_get(api_version: str, kind: str, namespace: str | None,
+                          name: str) -> dict[str, Any] | None:
+        reads.append(kind)
+        return await real_get(api_version, kind, namespace, name)
+
+    kube.get = counted_get  # type: ignore[assignment]  # restored by the fake fixture
+    for _ in range(3):
+        run(fake)
+    assert "Service" not in reads
+    # Deleted (its watch event removes it from the store): put back at the next pass.
+    svc = fake.objects.pop(("Service", "bert"))
+    ctl.SERVICES.remove(svc)
+    run(fake)
+    assert ("Service", "bert") in fake.objects and reads.count("Service") == 1

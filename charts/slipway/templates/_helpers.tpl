@@ -56,13 +56,14 @@ namespace, a Role's in watchNamespace otherwise. Exactly the verbs the operator 
   resources: [trainingjobs/finalizers, modeldeployments/finalizers, canaries/finalizers]
   verbs: [update]
 # A TrainingJob's Jobs (replaced when the pod template changes) and headless Service
-# (server-side apply: patch, and create when it is new); get: whose is a same-named one.
+# (server-side apply: patch, and create when it is new); get: whose is a same-named one;
+# list/watch: both are watched (by label) into the operator's caches.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Read-only: pod states (why a model server is not serving, a TrainingJob's workers).
 - apiGroups: [""]
   resources: [pods]

@@ -223,8 +223,16 @@ def _trim_trainingjob(tj: dict[str, Any]) -> dict[str, Any]:
                                       if c.get("type") == "Failed"]}}
 
 
+def _trim_service(svc: dict[str, Any]) -> dict[str, Any]:
+    """A headless Service as `apply_if_drifted` compares it: all but managedFields."""
+    meta = {k: v for k, v in svc["metadata"].items() if k != "managedFields"}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": svc.get("spec")}
+
+
 # Every Job Slipway owns, as its watch last saw it (or as written here since).
 JOBS = Store(LABEL, _trim_job)
+# The headless Services of distributed TrainingJobs, the same way.
+SERVICES = Store(LABEL, _trim_service)
 # Every TrainingJob, the same way: a reconcile reads it here, not with a GET per pass.
 TRAININGJOBS = Store(LABEL, _trim_trainingjob)
 
@@ -301,8 +309,7 @@ def _pick(jobs: list[dict[str, Any]], desired: dict[str, Any], attempt: int
     return current, note, [j for j in jobs if id(j) not in keep]
 
 
-async def reconcile(tj: dict[str, Any], uid: str | None = None,
-                    child_event: bool = False) -> None:
+async def reconcile(tj: dict[str, Any], uid: str | None = None) -> None:
     """Reconcile the TrainingJob *tj* names. *tj* may be an old copy (a LIST in the resync
     loop, a Job event): the object is read again under the lock and only that copy is used.
     With *uid*, only that incarnation of the name is reconciled (a Job's owner)."""
@@ -314,7 +321,7 @@ async def reconcile(tj: dict[str, Any], uid: str | None = None,
         if uid is not None and current["metadata"].get("uid") != uid:
             return
         with metrics.RECONCILE_SECONDS.labels(KIND).time():
-            await _reconcile(current, child_event)
+            await _reconcile(current)
     # Status writes go through the store, so it holds the phase just written.
     after = TRAININGJOBS.get(meta["namespace"], meta["name"]) or {}
     if _phase(after) != _phase(current):
@@ -325,10 +332,7 @@ def _phase(tj: dict[str, Any]) -> str | None:
     return (tj.get("status") or {}).get("phase")
 
 
-async def _reconcile(tj: dict[str, Any], child_event: bool = False) -> None:
-    """*child_event*: woken by a change of the Job, which says nothing about the headless
-    Service; it is then only checked when a Job is created (a GET per Job event, five or
-    more per job, was the most frequent request at a burst of two-worker jobs)."""
+async def _reconcile(tj: dict[str, Any]) -> None:
     meta = tj["metadata"]
     settled.forget(KIND, tj)  # marked again below only if it ends settled
     now = now_rfc3339()
@@ -359,7 +363,7 @@ async def _reconcile(tj: dict[str, Any], child_event: bool = False) -> None:
         JOBS.remove(old)
 
     try:
-        if service and (current is None or not child_event):
+        if service:  # read from the watch's store: no request unless it drifted
             await _ensure_service(service, tj)
         if current is None:
             current = await _create(spec, tj, desired)
@@ -466,7 +470,11 @@ async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
     """Apply the headless Service, unless its name belongs to someone else. A Service of ours
     orphaned by a deleted predecessor (no owner, our labels) is adopted: it holds no state."""
     meta = service["metadata"]
-    existing = await kube.get("v1", "Service", meta["namespace"], meta["name"])
+    existing = SERVICES.get(meta["namespace"], meta["name"]) if SERVICES.synced else None
+    if existing is None or not owned_by(existing, tj):
+        # Not ours, or not seen: the store only holds Services with our label, and a
+        # same-named one without it must not be taken over.
+        existing = await kube.get("v1", "Service", meta["namespace"], meta["name"])
     if existing is not None and not owned_by(existing, tj):
         labels = existing["metadata"].get("labels") or {}
         orphan_of_ours = controller_uid(existing) is None and \
@@ -474,7 +482,9 @@ async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
         if not orphan_of_ours:
             raise _taken("Service", existing)
         existing = None  # an orphan of ours: adopted by the apply
-    await apply_if_drifted(service, existing)
+    applied = await apply_if_drifted(service, existing)
+    if applied is not existing:
+        SERVICES.put(applied)
 
 
 async def _converge(spec: TrainingJobSpec, desired: dict[str, Any],
@@ -590,11 +600,22 @@ def _nothing_to_do(tj: dict[str, Any]) -> bool:
 resync.register(API_VERSION, KIND, _resync, skip=_nothing_to_do)
 
 
-async def job_event(type: str | None, body: dict[str, Any]) -> None:
-    """Reflect every change of an owned Job into its TrainingJob's status at once.
+async def service_event(type_: str | None, svc: dict[str, Any]) -> None:
+    """A headless Service was changed or deleted (not by Slipway: its own writes are in the
+    store already): its TrainingJob puts it back."""
+    await _child_event("Service", type_, svc)
 
-    The Job is mapped to its TrainingJob by the controller ownerReference's UID: a Job left
-    by a deleted TrainingJob of the same name is not the new one's. When such a Job (or an
+
+async def job_event(type_: str | None, body: dict[str, Any]) -> None:
+    """Reflect every change of an owned Job into its TrainingJob's status at once."""
+    await _child_event("Job", type_, body)
+
+
+async def _child_event(kind: str, type: str | None, body: dict[str, Any]) -> None:
+    """Reconcile the TrainingJob of a changed child.
+
+    The child is mapped to its TrainingJob by the controller ownerReference's UID: a Job left
+    by a deleted TrainingJob of the same name is not the new one's. When such a child (or an
     orphan) goes away, the same-named TrainingJob is reconciled too: it may be waiting for
     the name."""
     meta = body["metadata"]
@@ -610,9 +631,9 @@ async def job_event(type: str | None, body: dict[str, Any]) -> None:
     try:  # an API outage is logged; the resync loop catches up afterwards
         # The fresh read (and the final/UID checks) happen once, under the lock.
         await reconcile({"metadata": {"namespace": meta["namespace"], "name": name}},
-                        uid=None if type == "DELETED" else uid, child_event=True)
+                        uid=None if type == "DELETED" else uid)
     except kube.KubeError as exc:
-        _log.warning(f"could not reconcile {name} after a Job event: {exc}")
+        _log.warning(f"could not reconcile {name} after a {kind} event: {exc}")
 
 
 @kopf.on.startup()
@@ -629,7 +650,9 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
                          initial=False,  # the resync loop's first pass covers start-up
                          workers=32, batch=JOB_BATCH_SECONDS)
-    memo["trainingjob_watches"] = [asyncio.create_task(w.run()) for w in (tjs, jobs)]
+    services = SelectorWatch("v1", "Service", LABEL, service_event, namespace,
+                             store=SERVICES, initial=False, workers=4)
+    memo["trainingjob_watches"] = [asyncio.create_task(w.run()) for w in (tjs, jobs, services)]
 
 
 @kopf.on.cleanup()
@@ -640,3 +663,4 @@ async def stop_watching_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
             await task
     JOBS.clear()
     TRAININGJOBS.clear()
+    SERVICES.clear()
