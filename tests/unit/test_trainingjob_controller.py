@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import itertools
 from typing import Any
 
@@ -355,3 +356,36 @@ def test_the_headless_service_is_read_from_its_store(fake: FakeKube, stores: Any
     ctl.SERVICES.remove(svc)
     run(fake)
     assert ("Service", "bert") in fake.objects and reads.count("Service") == 1
+
+
+def test_pods_of_a_just_started_job_are_read_after_a_grace(fake: FakeKube,
+                                                           stores: Any) -> None:
+    jobs, _ = stores
+    new_tj(fake, **DDP)
+    run(fake)
+    (job,) = fake.jobs().values()
+    lists: list[str] = []
+    real_list = kube.list_objects
+
+    async def counted(api_version: str, kind: str, namespace: str | None,
+                      label_selector: str | None = None) -> list[dict[str, Any]]:
+        lists.append(kind)
+        return await real_list(api_version, kind, namespace, label_selector)
+
+    kube.list_objects = counted  # type: ignore[assignment]  # restored by the fake fixture
+    now = dt.datetime.now(dt.UTC)
+    job["status"] = {"active": 2, "ready": 0,
+                     "startTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    jobs.put(job)
+    ref = {"metadata": {"namespace": NS, "name": "bert"}}
+    recheck = asyncio.run(ctl.reconcile(ref))
+    assert lists == [] and recheck is not None and 0 < recheck <= ctl.POD_GRACE_SECONDS
+    assert fake.objects[("TrainingJob", "bert")]["status"]["phase"] == "Pending"
+    # A Job event then asks for the same look again, through the work queue.
+    with pytest.raises(ctl.Retry):
+        asyncio.run(ctl.job_event("MODIFIED", job))
+    # Past the grace: the pods are read for the reason, and no further look is asked for.
+    job["status"]["startTime"] = (now - dt.timedelta(seconds=30)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    jobs.put(job)
+    assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"]
