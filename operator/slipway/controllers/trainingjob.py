@@ -420,9 +420,10 @@ POD_GRACE_SECONDS = 5.0
 
 def _pod_grace_left(job: dict[str, Any], now: dt.datetime) -> float | None:
     """Seconds until the pods of *job* (waiting for workers) are worth reading; None: now."""
-    started = (job.get("status") or {}).get("startTime")
+    started = (job.get("status") or {}).get("startTime") or \
+        job["metadata"].get("creationTimestamp")
     if not started:
-        return POD_GRACE_SECONDS
+        return None
     age = (now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
     return POD_GRACE_SECONDS - age if age < POD_GRACE_SECONDS else None
 
