@@ -21,7 +21,8 @@ of an older commit) for a before/after comparison; the figures it cannot give (i
 request counter) are left out. Prints a table and the JSON; asserts nothing.
 
 Usage: python -m bench.scale [--burst 1000] [--shapes 1,2] [--steady 10000]
-                             [--peer-threads 8] [--peer-qps 200] [--out results.json]
+                             [--peer-threads 8] [--peer-qps 200] [--kcm-qps 200]
+                             [--out results.json]
 """
 
 from __future__ import annotations
@@ -371,16 +372,22 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--peer-threads", type=int, default=8)
     ap.add_argument("--peer-qps", type=int, default=200)
+    ap.add_argument("--kcm-qps", type=int, default=0,
+                    help="kube-controller-manager's --kube-api-qps (burst: 1.5x); 0: the "
+                         "peer's, so that what creates each side's pods (the Job controller, "
+                         "the peer) has the same client budget")
     ap.add_argument("--no-peer", action="store_true", help="Slipway only")
     ap.add_argument("--operator-src", type=Path, help="run the operator from DIR/operator")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     shapes = [int(s) for s in args.shapes.split(",") if s]
+    kcm_qps = args.kcm_qps or args.peer_qps
     results: dict[str, Any] = {"settings": {
         "concurrency": CONCURRENCY, "peer": {"controller_threads": args.peer_threads,
                                              "kube_api_qps": args.peer_qps,
                                              "kube_api_burst": args.peer_qps * 3 // 2},
+        "kube_controller_manager": {"kube_api_qps": kcm_qps, "kube_api_burst": kcm_qps * 3 // 2},
         "operator_src": str(args.operator_src) if args.operator_src else "this checkout",
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d")}}
@@ -388,7 +395,8 @@ def main() -> int:
         peer = bool(args.burst) and not args.no_peer
         cluster = Cluster(Path(tmp) / "cluster", gpu_nodes=16, cpu_nodes=4, serving=False,
                           training_operator=peer, training_operator_threads=args.peer_threads,
-                          training_operator_qps=args.peer_qps)
+                          training_operator_qps=args.peer_qps, kcm_qps=kcm_qps,
+                          kcm_burst=kcm_qps * 3 // 2)
         t0 = time.monotonic()
         cluster.start()
         results["control_plane"] = {"start_s": round(time.monotonic() - t0, 2),

@@ -97,7 +97,8 @@ class Cluster:
                  gpus_per_node: int = 8, install_crds: bool = True, serving: bool = True,
                  kserve_gateway_api: bool = False, kueue: bool = False,
                  training_operator: bool = False, training_operator_threads: int = 1,
-                 training_operator_qps: int = 20,
+                 training_operator_qps: int = 20, kcm_qps: int = KCM_QPS,
+                 kcm_burst: int = KCM_BURST,
                  log: Callable[[str], None] | None = None) -> None:
         self.dir = directory.resolve()
         self.gpu_nodes = gpu_nodes
@@ -113,6 +114,7 @@ class Cluster:
         self.training_operator = training_operator and install_crds
         self.training_operator_threads = training_operator_threads
         self.training_operator_qps = training_operator_qps
+        self.kcm_qps, self.kcm_burst = kcm_qps, kcm_burst
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.state: ClusterState | None = None
         self.bin = Path()
@@ -298,8 +300,8 @@ class Cluster:
             f"--service-account-private-key-file={pki['sa.key']}",
             f"--root-ca-file={pki['ca.crt']}", "--use-service-account-credentials=false",
             "--controllers=*", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--concurrent-job-syncs=10", f"--kube-api-qps={KCM_QPS}",
-            f"--kube-api-burst={KCM_BURST}", "--v=1",
+            "--concurrent-job-syncs=10", f"--kube-api-qps={self.kcm_qps}",
+            f"--kube-api-burst={self.kcm_burst}", "--v=1",
         ])
         sched = self.spawn("kube-scheduler", [
             *auth, f"--secure-port={sched_port}", f"--cert-dir={self.dir / 'sched'}", "--v=1",
