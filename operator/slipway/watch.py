@@ -144,6 +144,10 @@ class Store:
         names = self._index.get((namespace, value)) or set()
         return [self._objects[(namespace, n)] for n in sorted(names)]
 
+    def snapshot(self) -> list[dict[str, Any]] | None:
+        """Every object held (None until a first LIST has filled the store)."""
+        return list(self._objects.values()) if self.synced else None
+
     def keep_only(self, keys: set[Key]) -> None:
         """After a full LIST: forget the objects it did not return (deleted meanwhile)."""
         for key in set(self._objects) - keys:

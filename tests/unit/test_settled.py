@@ -12,6 +12,7 @@ import pytest
 from slipway import kube
 from slipway.controllers import common, resync, settled
 from slipway.controllers import trainingjob as tj_controller
+from slipway.watch import Store
 
 
 @pytest.fixture(autouse=True)
@@ -125,6 +126,36 @@ async def test_resync_reconciles_only_what_skip_leaves_page_by_page(
     assert seen == ["a"]  # b skipped, c being deleted
     assert listed == [resync.PAGE, resync.PAGE]
     assert not settled.is_settled("K", obj("gone", "1"))  # pruned: not in the LIST
+
+
+async def test_resync_walks_a_synced_store_instead_of_listing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listed: list[str] = []
+
+    async def list_pages(api_version: str, kind: str, namespace: str | None,
+                         label_selector: str | None = None, limit: int = 500
+                         ) -> AsyncIterator[list[dict[str, Any]]]:
+        listed.append(kind)
+        yield [obj("from-list", "1")]
+
+    seen: list[str] = []
+
+    async def reconcile(o: dict[str, Any]) -> None:
+        seen.append(o["metadata"]["uid"])
+
+    store = Store("app")
+    monkeypatch.setattr(kube, "list_pages", list_pages)
+    monkeypatch.setattr(resync, "_REGISTRY", [])
+    resync.register("v1", "K", reconcile, source=store.snapshot)
+    await resync.resync_once()  # not listed by its watch yet: a LIST
+    assert (listed, seen) == (["K"], ["from-list"])
+    for i in range(resync.PAGE + 1):  # more than a page
+        store.put({"metadata": {"namespace": "ns", "name": f"o{i}", "uid": f"u{i}",
+                                "resourceVersion": "1"}})
+    store.keep_only({("ns", f"o{i}") for i in range(resync.PAGE + 1)})
+    seen.clear()
+    assert await resync.resync_once() == resync.PAGE + 1
+    assert listed == ["K"] and sorted(seen) == sorted(f"u{i}" for i in range(resync.PAGE + 1))
 
 
 @pytest.mark.parametrize(("url", "resource"), [

@@ -622,7 +622,8 @@ def _nothing_to_do(tj: dict[str, Any]) -> bool:
     return _done_for_good(tj) or settled.is_settled(KIND, tj)
 
 
-resync.register(API_VERSION, KIND, _resync, skip=_nothing_to_do)
+resync.register(API_VERSION, KIND, _resync, skip=_nothing_to_do,
+                source=lambda: TRAININGJOBS.snapshot())
 
 
 async def service_event(type_: str | None, svc: dict[str, Any]) -> None:
