@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -326,6 +327,9 @@ def steady(cluster: Cluster, op: OperatorProcess, total: int, idle_s: float,
         "idle_resync_pass_ms": round((ours1["_resync_sum_ms"] - ours0["_resync_sum_ms"])
                                      / passes, 1) if passes else None,
     }
+    if "SLIPWAY_MEMORY_REPORT" in op.env:  # slipway.memory writes its report on SIGUSR2
+        os.kill(op.pid, signal.SIGUSR2)
+        time.sleep(30)
     # A deleted Job of a running TrainingJob: how long until it is back.
     job = cluster.kubectl("get", "jobs", "-n", namespace, "-l", f"{TJ_LABEL}=run-0000",
                           "-o", "jsonpath={.items[0].metadata.name}").stdout
@@ -380,6 +384,11 @@ def main() -> int:
     ap.add_argument("--operator-src", type=Path, help="run the operator from DIR/operator")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--memory-report", action="store_true",
+                    help="save where the operator's memory sits at idle next to --out")
+    ap.add_argument("--trace-memory", type=int, default=0, metavar="FRAMES",
+                    help="with --memory-report, also the lines holding the most Python "
+                         "memory (traces every allocation: slows the operator)")
     args = ap.parse_args()
     shapes = [int(s) for s in args.shapes.split(",") if s]
     kcm_qps = args.kcm_qps or args.peer_qps
@@ -403,6 +412,10 @@ def main() -> int:
                                     "timings_s": cluster.timings}
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
         extra = {}
+        if args.memory_report:
+            extra["SLIPWAY_TRACEMALLOC"] = str(args.trace_memory)
+            extra["SLIPWAY_MEMORY_REPORT"] = str(
+                (args.out or Path("scale.json")).with_suffix(".memory.txt").resolve())
         if args.operator_src:
             extra["PYTHONPATH"] = str(args.operator_src.resolve() / "operator")
         op = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log",

@@ -13,6 +13,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import signal
+import sys
+import tempfile
+import tracemalloc
+from collections.abc import Mapping
 
 log = logging.getLogger("slipway.memory")
 
@@ -42,3 +48,107 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
 def trim() -> bool:
     """Hand free heap pages back to the system; True when some were."""
     return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
+
+
+def report_from_env(env: Mapping[str, str] = os.environ) -> bool:
+    """SIGUSR2 writes a memory report when SLIPWAY_MEMORY_REPORT=<file> ("-": stderr) is set.
+
+    The report says where the resident memory sits (heap, anonymous mappings, thread stacks,
+    libraries) and, with SLIPWAY_TRACEMALLOC=<frames> as well, which lines hold the most
+    Python memory: memory at scale is measured in the live operator, not guessed. Tracing
+    slows the process; both are off unless asked for.
+    """
+    out = env.get("SLIPWAY_MEMORY_REPORT")
+    if not out:
+        return False
+    frames = int(env.get("SLIPWAY_TRACEMALLOC", "0") or "0")
+    if frames > 0:
+        tracemalloc.start(frames)
+    signal.signal(signal.SIGUSR2, lambda *_: _write_report(None if out == "-" else out))
+    return True
+
+
+def report(top: int = 40) -> str:
+    """Resident memory by kind of mapping, then (when tracing) the lines holding the most."""
+    trim()
+    lines = [f"rss_kib={_rss_kib()} " + " ".join(
+        f"{kind}_kib={kib}" for kind, kib in sorted(mappings().items(), key=lambda kv: -kv[1])),
+             # (empty while tracing: tracemalloc stands between Python and pymalloc)
+             " ".join(f"{k}={v}" for k, v in pymalloc().items())]
+    if not tracemalloc.is_tracing():
+        return "\n".join(lines) + "\n"
+    traced, peak = tracemalloc.get_traced_memory()
+    lines.append(f"traced_kib={traced // 1024} peak_kib={peak // 1024}")
+    stats = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)]).statistics("traceback")
+    for stat in stats[:top]:
+        lines.append(f"{stat.size // 1024} KiB in {stat.count} blocks")
+        lines += [f"    {frame}" for frame in stat.traceback.format()[-2 * 4:]]
+    return "\n".join(lines) + "\n"
+
+
+def mappings(smaps: str = "/proc/self/smaps") -> dict[str, int]:
+    """Resident KiB by kind: heap (brk), stack, anon (mmap: Python arenas, big buffers,
+    thread stacks), lib (shared objects and other files). Empty where /proc is absent."""
+    kinds: dict[str, int] = {}
+    kind = "anon"
+    try:
+        with open(smaps) as f:
+            for line in f:
+                head = line.split()
+                if not head:
+                    continue
+                if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
+                    name = head[5] if len(head) > 5 else ""
+                    kind = ("heap" if name == "[heap]" else "stack" if name == "[stack]"
+                            else "anon" if not name or name.startswith("[anon") else
+                            "vdso" if name.startswith("[") else "lib")
+                elif head[0] == "Rss:":
+                    kinds[kind] = kinds.get(kind, 0) + int(head[1])
+    except OSError:
+        return {}
+    return kinds
+
+
+_PYMALLOC = {"# arenas allocated current": "arenas", "# arenas highwater mark": "arenas_peak",
+             "# bytes in allocated blocks": "used_kib",
+             "# bytes in available blocks": "free_kib"}
+
+
+def pymalloc() -> dict[str, int]:
+    """Python's small-object allocator: its 1 MiB arenas now and at most, and the KiB of
+    their blocks in use and free. Free blocks in arenas that cannot be released (one live
+    object each is enough) are what fragmentation costs."""
+    with tempfile.TemporaryFile("w+") as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)  # _debugmallocstats writes to the C stderr
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        head, _, value = line.partition("=")
+        name = _PYMALLOC.get(head.strip())
+        if name and value.strip():
+            number = int(value.strip().replace(",", ""))
+            stats[name] = number // 1024 if name.endswith("_kib") else number
+    return stats
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _write_report(path: str | None) -> None:
+    text = report()
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")
+    else:
+        sys.stderr.write(text)

@@ -82,6 +82,7 @@ def run(settings: Settings = SETTINGS) -> None:
     """Run the operator until interrupted."""
     activate(settings)
     memory.limit_arenas()  # before any thread allocates
+    memory.report_from_env()
     import slipway.controllers  # noqa: F401  (registers the handlers)
 
     kopf.configure(

@@ -25,3 +25,49 @@ def test_trim_hands_freed_heap_back() -> None:
     after = _rss_kib()
     assert after < freed - 20_000, (before, freed, after)  # at least ~20 MiB handed back
     assert len(keep) == 938  # still alive: the pages they sit on stay
+
+
+def test_report_names_the_line_that_holds_the_memory() -> None:
+    import tracemalloc
+
+    tracemalloc.start(4)
+    try:
+        held = [bytes(2000) + bytes([i % 256]) for i in range(5_000)]  # ~10 MB, this line
+        text = memory.report(top=5)
+    finally:
+        tracemalloc.stop()
+    first = text.splitlines()
+    assert first[0].startswith("rss_kib="), text
+    assert first[2].startswith("traced_kib="), text  # [1]: pymalloc, silent while tracing
+    largest = text.split(" KiB in ")[1]  # the first entry, up to the next one's size
+    assert "test_memory.py" in largest, text
+    assert int(first[3].split()[0]) >= 9_000, text  # KiB of the largest entry
+    assert len(held) == 5_000
+
+
+def test_report_is_off_unless_asked() -> None:
+    assert memory.report_from_env({}) is False
+    assert memory.report_from_env({"SLIPWAY_TRACEMALLOC": "5"}) is False
+
+
+def test_mappings_account_for_the_resident_memory() -> None:
+    kinds = memory.mappings()
+    if not kinds:  # no /proc
+        return
+    assert kinds.get("lib", 0) > 1_000, kinds  # the interpreter's own shared objects
+    before = kinds.get("anon", 0) + kinds.get("heap", 0)
+    block = bytearray(64 << 20)  # a large block is its own anonymous mmap
+    block[::4096] = b"x" * len(block[::4096])  # touched: resident
+    kinds = memory.mappings()
+    assert kinds.get("anon", 0) + kinds.get("heap", 0) >= before + 60_000, kinds
+    assert sum(kinds.values()) <= memory._rss_kib() + 1_000  # smaps agrees with VmRSS
+    del block
+
+
+def test_pymalloc_counts_small_objects_in_its_arenas() -> None:
+    before = memory.pymalloc()
+    small = [str(i) * 3 for i in range(200_000)]  # ~60-byte objects: pymalloc's, not malloc's
+    after = memory.pymalloc()
+    assert after["used_kib"] >= before["used_kib"] + 8_000, (before, after)
+    assert after["arenas"] > before["arenas"] and after["arenas_peak"] >= after["arenas"]
+    assert len(small) == 200_000

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 
-from slipway.watch import Gone, Retry, SelectorWatch, Store, compact
+from slipway.watch import Gone, Retry, SelectorWatch, Store
 
 
 def job(name: str, rv: str) -> dict[str, Any]:
@@ -189,14 +188,41 @@ async def test_a_batch_period_coalesces_updates_but_not_deletions() -> None:
         t.cancel()
 
 
-def test_store_compacts_what_it_holds() -> None:
-    a = {"metadata": {"namespace": "team-a", "name": "x"}, "status": {"reason": "Completions"}}
-    b = {"metadata": {"namespace": "team-a", "name": "y"}, "status": {"reason": "Completions"}}
-    # Decoded separately, as watch events are: equal strings, distinct objects.
-    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
-    ca, cb = compact(a), compact(b)
-    assert ca == a and cb == b  # the same content ...
-    assert ca["metadata"]["namespace"] is cb["metadata"]["namespace"]  # ... shared
-    assert next(iter(ca["status"])) is next(iter(cb["status"]))  # keys too
-    long = "m" * 200
-    assert compact({"message": long})["message"] is long  # long strings are left alone
+def test_store_hands_out_copies_that_cannot_change_it() -> None:
+    store = Store("app")
+    store.put(labelled("a-1", "5", "a"))
+    got = store.get("ns", "a-1")
+    assert got is not None and got["spec"]["suspend"] is False
+    got["spec"]["suspend"] = True  # a caller edits what it read ...
+    store.by_label("ns", "a")[0]["metadata"]["labels"]["app"] = "z"
+    snapshot = store.snapshot()
+    assert snapshot is None  # not synced yet
+    store.keep_only({("ns", "a-1")})
+    again = store.get("ns", "a-1")
+    assert again == labelled("a-1", "5", "a")  # ... and the store still holds what was put
+    assert again is not got
+    assert store.snapshot() == [again]
+    assert store.get("ns", "missing") is None
+
+
+async def test_queued_changes_hold_only_what_the_handler_reads() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def handler(type_: str | None, obj: dict[str, Any]) -> None:
+        seen.append(obj)
+
+    def slim(o: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": o["metadata"]}
+
+    plain = SelectorWatch("batch/v1", "Job", "app", handler)
+    slimmed = SelectorWatch("batch/v1", "Job", "app", handler, slim=slim)
+    workers = [asyncio.create_task(w._work()) for w in (plain, slimmed)]
+    plain.put("ADDED", labelled("a", "1", "a"))
+    await asyncio.sleep(0.01)
+    slimmed.put("ADDED", labelled("b", "1", "a"))
+    await asyncio.sleep(0.01)
+    assert [sorted(o) for o in seen] == [["metadata", "spec"], ["metadata"]]
+    assert all("managedFields" not in o["metadata"] for o in seen)  # never kept
+    assert seen[1]["metadata"]["labels"] == {"app": "a"}
+    for t in workers:
+        t.cancel()
