@@ -1,8 +1,8 @@
 # The Slipway operator image: `docker build -t slipway/operator:0.1.0 .`
 #
 # Only the operator and its runtime dependencies: the package is installed without the `dev`
-# extra, so neither the local platform's dependencies (cryptography) nor the test tools are in
-# the image.
+# extra, so neither the local platform's dependencies (cryptography, the kubernetes client)
+# nor the test tools are in the image.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -34,17 +34,14 @@ def kubectl(cluster: Cluster) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def kube_env(cluster: Cluster) -> Iterator[None]:
-    """Point the in-process kubernetes client (slipway.kube) at the test cluster."""
+    """Point the in-process API client (slipway.kube) at the test cluster."""
     import slipway.kube
 
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    from kubernetes import config
-
-    # The kubernetes client reads KUBECONFIG once, at import: hand it a client for this one.
-    slipway.kube._api = config.new_client_from_config(str(cluster.kubeconfig))
+    slipway.kube.connect(str(cluster.kubeconfig))
     yield
-    slipway.kube._api = None
+    slipway.kube._connection = None
     if old is None:
         os.environ.pop("KUBECONFIG", None)
     else:

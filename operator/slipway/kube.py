@@ -1,8 +1,8 @@
 """The single place that talks to the API server (besides Kopf itself).
 
-The official client is synchronous, so each call runs in a worker thread.
-Paths are built from a small kind table instead of discovery: it is faster and
-every kind Slipway touches is known up front.
+A small urllib3 client, synchronous, so each call runs in a worker thread (slipway.runner
+sizes the pool). Paths are built from a small kind table instead of discovery: it is faster
+and every kind Slipway touches is known up front. Credentials come from slipway.credentials.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
-from slipway import metrics
+from slipway import credentials, metrics
 
 FIELD_MANAGER = "slipway"
 POOL_SIZE = 32  # connections kept to the API server
@@ -40,7 +38,7 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 _lock = threading.Lock()
-_api: client.ApiClient | None = None
+_connection: tuple[urllib3.PoolManager, credentials.Credentials] | None = None
 
 
 class KubeError(RuntimeError):
@@ -51,23 +49,50 @@ class KubeError(RuntimeError):
         self.status = status
 
 
-def api_client() -> client.ApiClient:
-    """One shared client: in-cluster config when running in a pod, else KUBECONFIG."""
-    global _api
+def connect(kubeconfig: str | None = None) -> tuple[urllib3.PoolManager,
+                                                    credentials.Credentials]:
+    """(Re)connect: to *kubeconfig*'s current context, else in-cluster or $KUBECONFIG."""
+    global _connection
+    creds = credentials.load(kubeconfig)
+    # One pooled connection per API call in flight (slipway.runner.API_THREADS), so that a
+    # burst never drops and re-opens connections.
+    pool = urllib3.PoolManager(
+        num_pools=2, maxsize=POOL_SIZE, retries=False,
+        ssl_context=creds.ssl_context() if creds.server.startswith("https") else None)
     with _lock:
-        if _api is None:
-            configuration = client.Configuration()
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                # KUBECONFIG as it is now (the client reads it once, at import).
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                        client_configuration=configuration)
-            # One pooled connection per API call in flight (slipway.runner.API_THREADS);
-            # the default pool (5 per core) drops and re-opens connections under a burst.
-            configuration.connection_pool_maxsize = POOL_SIZE
-            _api = client.ApiClient(configuration)
-        return _api
+        _connection = pool, creds
+    return pool, creds
+
+
+def connection() -> tuple[urllib3.PoolManager, credentials.Credentials]:
+    """The shared connection pool, connected on first use."""
+    with _lock:
+        current = _connection
+    return current or connect()
+
+
+def request(method: str, url: str, query: list[tuple[str, Any]] | None = None,
+            body: bytes | None = None, content_type: str | None = None,
+            timeout: urllib3.Timeout | float = 30.0, stream: bool = False
+            ) -> urllib3.BaseHTTPResponse:
+    """One HTTP request to the API server (blocking). A 401 fetches a fresh token (a rotated
+    service-account token, an expired exec credential) and tries once more."""
+    pool, creds = connection()
+    full = creds.server + url + ("?" + urlencode(query) if query else "")
+    for attempt in (1, 2):
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        auth = creds.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        resp = pool.request(method, full, body=body, headers=headers, timeout=timeout,
+                            preload_content=not stream, redirect=False)
+        if resp.status != 401 or attempt == 2 or not (creds.token_file or creds.exec_config):
+            return resp
+        resp.drain_conn()
+        creds.forget_token()
+    raise AssertionError("unreachable")
 
 
 def path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
@@ -94,27 +119,25 @@ def resource_of(url: str) -> str:
     return rest[0] if rest else "namespaces"
 
 
-def _call(method: str, url: str, body: Any = None, content_type: str = "application/json",
+def call(method: str, url: str, body: Any = None, content_type: str = "application/json",
           query: list[tuple[str, Any]] | None = None, verb: str | None = None
           ) -> dict[str, Any] | None:
+    """One API call (blocking): the decoded object; None for a 404 on GET or DELETE.
+    Raises KubeError (status 0: transient, the server was not reached)."""
     metrics.API_REQUESTS.labels(verb or method, resource_of(url)).inc()
-    api = api_client()
-    headers = {"Accept": "application/json", "Content-Type": content_type}
-    method, full_url, headers, body, post = api.param_serialize(
-        method=method, resource_path=url, query_params=query or [], header_params=headers,
-        body=body, auth_settings=["BearerToken"])
+    data = None if body is None else json.dumps(body).encode()
     try:
-        resp = api.call_api(method, full_url, headers, body, post, _request_timeout=30)
-        resp.read()
-    except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:  # transient
-        raise KubeError(f"{method} {url}: {exc}", 0) from exc
+        resp = request(method, url, query, data, content_type if data is not None else None)
+    except (OSError, urllib3.exceptions.HTTPError, credentials.CredentialsError) as exc:
+        raise KubeError(f"{method} {url}: {exc}", 0) from exc  # transient
     if resp.status == 404 and method in ("GET", "DELETE"):
         return None
     payload: Any = None
     with contextlib.suppress(ValueError, TypeError):
         payload = json.loads(resp.data or b"null")
     if not 200 <= resp.status < 300:
-        message = payload.get("message") if isinstance(payload, dict) else resp.data
+        message = (payload.get("message") if isinstance(payload, dict)
+                   else resp.data.decode(errors="replace"))
         raise KubeError(f"{method} {url}: {resp.status} {message}", resp.status)
     return payload if isinstance(payload, dict) else None
 
@@ -125,7 +148,7 @@ async def apply(manifest: dict[str, Any], subresource: str | None = None) -> dic
     url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"],
                subresource)
     result = await asyncio.to_thread(
-        _call, "PATCH", url, manifest, "application/apply-patch+yaml",
+        call, "PATCH", url, manifest, "application/apply-patch+yaml",
         [("fieldManager", FIELD_MANAGER), ("force", "true")],
     )
     assert result is not None
@@ -137,7 +160,7 @@ async def create(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
     result = await asyncio.to_thread(
-        _call, "POST", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
+        call, "POST", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
     assert result is not None
     return result
 
@@ -148,7 +171,7 @@ async def replace(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     url = path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
     result = await asyncio.to_thread(
-        _call, "PUT", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
+        call, "PUT", url, manifest, "application/json", [("fieldManager", FIELD_MANAGER)])
     assert result is not None
     return result
 
@@ -156,7 +179,7 @@ async def replace(manifest: dict[str, Any]) -> dict[str, Any]:
 async def get(api_version: str, kind: str, namespace: str | None,
               name: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
-    return await asyncio.to_thread(_call, "GET", path(api_version, kind, namespace, name))
+    return await asyncio.to_thread(call, "GET", path(api_version, kind, namespace, name))
 
 
 async def list_objects(api_version: str, kind: str, namespace: str | None,
@@ -192,7 +215,7 @@ async def list_pages_with_meta(api_version: str, kind: str, namespace: str | Non
         if token:
             query.append(("continue", token))
         result = await asyncio.to_thread(
-            _call, "GET", path(api_version, kind, namespace), None, "application/json", query,
+            call, "GET", path(api_version, kind, namespace), None, "application/json", query,
             "LIST")
         items = list((result or {}).get("items", []))
         for item in items:  # list items carry no apiVersion/kind of their own
@@ -209,12 +232,12 @@ async def patch(api_version: str, kind: str, namespace: str | None, name: str,
                 body: dict[str, Any], subresource: str | None = None) -> dict[str, Any] | None:
     """A JSON merge patch."""
     return await asyncio.to_thread(
-        _call, "PATCH", path(api_version, kind, namespace, name, subresource), body,
+        call, "PATCH", path(api_version, kind, namespace, name, subresource), body,
         "application/merge-patch+json")
 
 
 async def delete(api_version: str, kind: str, namespace: str | None, name: str,
                  propagation: str = "Background") -> None:
     await asyncio.to_thread(
-        _call, "DELETE", path(api_version, kind, namespace, name),
+        call, "DELETE", path(api_version, kind, namespace, name),
         {"propagationPolicy": propagation})

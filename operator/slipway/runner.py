@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from slipway import health, memory, metrics
+from slipway import health, kube, memory, metrics
 from slipway.config import SETTINGS, Settings, activate, active
 from slipway.leader import Elector
 
@@ -34,6 +34,23 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     metrics.serve(active().metrics_port)
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """Kopf connects with slipway.kube's credentials. (Its fallbacks would go through the
+    official client whenever it is installed.) Kopf logs in again after a 401, so a rotated
+    token or an expired exec credential is fetched afresh."""
+    creds = kube.connection()[1]
+    creds.forget_token()
+    auth = creds.authorization() or ""
+    return kopf.ConnectionInfo(
+        server=creds.server, ca_path=creds.ca_file, ca_data=creds.ca_data,
+        insecure=creds.insecure or None, username=creds.username, password=creds.password,
+        token=auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None,
+        certificate_path=creds.cert_file, certificate_data=creds.cert_data,
+        private_key_path=creds.key_file, private_key_data=creds.key_data,
+        default_namespace=creds.namespace)
 
 
 def _lost_lease() -> None:

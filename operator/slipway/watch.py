@@ -29,7 +29,9 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from slipway import kube, metrics
+import urllib3
+
+from slipway import credentials, kube, metrics
 
 log = logging.getLogger("slipway.watch")
 
@@ -93,9 +95,10 @@ class Store:
         value = (meta.get("labels") or {}).get(self.label)
         return (sys.intern(meta.get("namespace") or ""), value) if value else None
 
-    def put(self, obj: dict[str, Any]) -> bool:
-        """Hold *obj*; False when it is no news: the very version held already (the watch
-        event of a write the controller has put here itself), or an older one."""
+    def put(self, obj: dict[str, Any], trimmed: bool = False) -> bool:
+        """Hold *obj* (*trimmed* already: it went through `trim`); False when it is no news:
+        the very version held already (the watch event of a write the controller has put
+        here itself), or an older one."""
         key = object_key(obj)
         new_rv = resource_version(obj)
         old = self._objects.get(key)
@@ -103,9 +106,9 @@ class Store:
             if new_rv is not None and old[0] is not None and new_rv <= old[0]:
                 return False  # a late event of a change already written through
             self._unindex(key, old[1])
-        trimmed = self.trim(obj)
-        index = self._index_key(trimmed)
-        self._objects[(sys.intern(key[0]), key[1])] = (new_rv, index, marshal.dumps(trimmed))
+        kept = obj if trimmed else self.trim(obj)
+        index = self._index_key(kept)
+        self._objects[(sys.intern(key[0]), key[1])] = (new_rv, index, marshal.dumps(kept))
         if index is not None:
             self._index.setdefault(index, set()).add(key[1])
         return True
@@ -162,11 +165,12 @@ class SelectorWatch:
     def __init__(self, api_version: str, kind: str, selector: str, handler: Handler,
                  namespace: str | None = None, workers: int = 8,
                  store: Store | None = None, initial: bool = True, batch: float = 0.0,
-                 slim: Trim | None = None) -> None:
+                 queue_trimmed: bool = False) -> None:
         self.api_version, self.kind, self.selector = api_version, kind, selector
-        # What of an event the handler reads, when it is not the whole object (a child's
-        # handler reads its metadata): at a burst, thousands of changes wait in the queue.
-        self.slim = slim
+        # Queue the store's trimmed copy, not the whole object, where the handler reads no
+        # more than the store keeps (a child's handler): at a burst, thousands of changes
+        # wait in the queue.
+        self.queue_trimmed = queue_trimmed and store is not None
         self.namespace, self.handler, self.workers = namespace, handler, workers
         self.batch = batch  # seconds a change waits, to be handled with the ones after it
         # With a store: *initial* False leaves the objects of the first LIST to another
@@ -183,12 +187,12 @@ class SelectorWatch:
         # Nobody here reads managedFields, often half of an object; queued changes and the
         # short-lived copies of a burst must not keep them (the peak becomes the RSS).
         (obj.get("metadata") or {}).pop("managedFields", None)
-        if self.slim is not None:
-            obj = self.slim(obj)
         if self.store is not None:  # before the handler runs: it reads the store
+            if self.queue_trimmed:
+                obj = self.store.trim(obj)
             if type_ == "DELETED":
                 self.store.remove(obj)
-            elif not self.store.put(obj):
+            elif not self.store.put(obj, trimmed=self.queue_trimmed):
                 return  # the controller's own write, or a relist: nothing new to handle
             if type_ is None and not self.store.synced and not self.initial:
                 return  # the first LIST only fills the store
@@ -328,23 +332,29 @@ def watch_events(url: str, query: list[tuple[str, Any]], seconds: int,
     """One WATCH request on *url* (blocking: run it in a thread): yields its decoded events
     until the server ends it after *seconds*, or until *stop* is set. A 410 raises Gone,
     another error status KubeError."""
-    api = kube.api_client()
-    method, full, headers, body, post = api.param_serialize(
-        method="GET", resource_path=url,
-        query_params=[("watch", "true"), ("timeoutSeconds", seconds), *query],
-        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-    resp = api.call_api(method, full, headers, body, post, _request_timeout=(10, seconds + 30))
+    try:
+        resp = kube.request("GET", url,
+                            [("watch", "true"), ("timeoutSeconds", seconds), *query],
+                            timeout=urllib3.Timeout(connect=10, read=seconds + 30), stream=True)
+    except (urllib3.exceptions.HTTPError, credentials.CredentialsError) as exc:
+        raise kube.KubeError(f"watch {url}: {exc}") from exc
     if resp.status == 410:
+        resp.drain_conn()
         raise Gone()
     if resp.status != 200:
+        resp.drain_conn()
         raise kube.KubeError(f"watch {url}: {resp.status}", resp.status)
     buffer = b""
-    for chunk in resp.response.stream(65536, decode_content=True):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
-        if stop.is_set():
-            resp.response.release_conn()
-            return
+    try:
+        for chunk in resp.stream(65536, decode_content=True):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+            if stop.is_set():
+                return
+    except urllib3.exceptions.HTTPError as exc:  # the stream broke: list and watch again
+        raise kube.KubeError(f"watch {url}: {exc}") from exc
+    finally:
+        resp.close()  # a stopped watch is unread: its connection cannot go back to the pool

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import config
 
 import slipway.kube
 from slipway.controllers.trainingjob import reconcile
@@ -265,11 +264,10 @@ def test_unbuildable_spec_fails_cleanly(kubectl: Kubectl, namespace: str,
 
 @pytest.fixture
 def in_process_client(cluster: Cluster) -> Iterator[None]:
-    """Point slipway.kube, in this test process, at the test cluster. (The kubernetes client
-    reads KUBECONFIG once, at import, so setting the variable later is not enough.)"""
-    slipway.kube._api = config.new_client_from_config(str(cluster.kubeconfig))
+    """Point slipway.kube, in this test process, at the test cluster."""
+    slipway.kube.connect(str(cluster.kubeconfig))
     yield
-    slipway.kube._api = None
+    slipway.kube._connection = None
 
 
 def stays(fn: Callable[[], Any], seconds: float, what: str) -> None:

@@ -134,24 +134,28 @@ def test_act_sends_a_merge_patch(monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[tuple[Any, ...]] = []
 
-    class FakeCustomObjects:
-        def __init__(self, api: object) -> None:
-            pass
+    def call(*args: Any) -> dict[str, Any]:
+        calls.append(args)
+        return CANARY
 
-        def patch_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            calls.append((*args, kwargs))
-            return CANARY
+    from slipway import kube
 
-    import kubernetes.client
-
-    monkeypatch.setattr(kubernetes.client, "CustomObjectsApi", FakeCustomObjects)
-    monkeypatch.setattr(commands, "_client", lambda kubeconfig: object())
-    monkeypatch.setattr(commands, "default_namespace", lambda kubeconfig: "ctx-ns")
+    monkeypatch.setattr(kube, "call", call)
+    monkeypatch.setattr(commands, "_connect", lambda kubeconfig, ns: ns or "ctx-ns")
     assert commands.act("iris", None, "abort") == 0
-    assert calls == [("slipway.dev", "v1alpha1", "ctx-ns", "canaries", "iris",
-                      action_patch("abort"),
-                      {"_content_type": "application/merge-patch+json"})]
+    assert calls == [("PATCH", "/apis/slipway.dev/v1alpha1/namespaces/ctx-ns/canaries/iris",
+                      action_patch("abort"), "application/merge-patch+json", None)]
     assert "canary ml/iris: requested abort" in capsys.readouterr().out
+
+
+def test_a_missing_canary_is_one_line_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from slipway import kube
+
+    monkeypatch.setattr(kube, "call", lambda *args: None)  # what a 404 on GET returns
+    monkeypatch.setattr(commands, "_connect", lambda kubeconfig, ns: ns or "ctx-ns")
+    assert commands.status("nope", "ml", None) == 1
+    assert capsys.readouterr().err == "error: canary ml/nope: not found\n"
 
 
 def test_describe_action_says_what_was_asked_and_where_the_rollout_is() -> None:

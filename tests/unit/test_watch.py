@@ -211,11 +211,15 @@ async def test_queued_changes_hold_only_what_the_handler_reads() -> None:
     async def handler(type_: str | None, obj: dict[str, Any]) -> None:
         seen.append(obj)
 
-    def slim(o: dict[str, Any]) -> dict[str, Any]:
+    trims: list[str] = []
+
+    def trim(o: dict[str, Any]) -> dict[str, Any]:
+        trims.append(o["metadata"]["name"])
         return {"metadata": o["metadata"]}
 
     plain = SelectorWatch("batch/v1", "Job", "app", handler)
-    slimmed = SelectorWatch("batch/v1", "Job", "app", handler, slim=slim)
+    store = Store("app", trim)
+    slimmed = SelectorWatch("batch/v1", "Job", "app", handler, store=store, queue_trimmed=True)
     workers = [asyncio.create_task(w._work()) for w in (plain, slimmed)]
     plain.put("ADDED", labelled("a", "1", "a"))
     await asyncio.sleep(0.01)
@@ -224,5 +228,7 @@ async def test_queued_changes_hold_only_what_the_handler_reads() -> None:
     assert [sorted(o) for o in seen] == [["metadata", "spec"], ["metadata"]]
     assert all("managedFields" not in o["metadata"] for o in seen)  # never kept
     assert seen[1]["metadata"]["labels"] == {"app": "a"}
+    assert trims == ["b"]  # trimmed once: the store keeps the very copy that was queued
+    assert store.by_label("ns", "a") == [seen[1]]
     for t in workers:
         t.cancel()

@@ -264,60 +264,44 @@ class CommandError(RuntimeError):
     """A failure to report in one line, without a traceback."""
 
 
-def _client(kubeconfig: str | None) -> Any:
-    """An ApiClient from *kubeconfig* (default: $KUBECONFIG or ~/.kube/config), else the
-    in-cluster config."""
-    from kubernetes import client, config
+def _connect(kubeconfig: str | None, namespace: str | None) -> str:
+    """Connect slipway.kube to *kubeconfig* (default: in a pod its service account, else
+    $KUBECONFIG or ~/.kube/config); *namespace*, else its context's, as kubectl uses it."""
+    from slipway import credentials, kube
 
     try:
-        return config.new_client_from_config(config_file=kubeconfig)
-    except config.ConfigException as exc:
-        if kubeconfig:
-            raise CommandError(f"cannot load kubeconfig {kubeconfig}: {exc}") from exc
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            raise CommandError(f"no usable kubeconfig: {exc}") from exc
-        return client.ApiClient()
+        _, creds = kube.connect(kubeconfig)
+    except (credentials.CredentialsError, OSError, ValueError) as exc:
+        raise CommandError(f"no usable kubeconfig: {exc}") from exc
+    return namespace or creds.namespace or "default"
 
 
-def default_namespace(kubeconfig: str | None) -> str:
-    """The current context's namespace, as kubectl uses it, else default."""
-    from kubernetes import config
+def _call(what: str, method: str, url: str, body: Any = None,
+          content_type: str = "application/json",
+          query: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """One API call; its failures become CommandErrors that say what failed."""
+    from slipway import kube
 
     try:
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
-    except (config.ConfigException, OSError, TypeError):
-        return "default"
-    return str((active or {}).get("context", {}).get("namespace") or "default")
-
-
-def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one client call; its failures become CommandErrors that say what failed."""
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return fn(*args, **kwargs)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise CommandError(f"{what}: not found") from exc
-        raise CommandError(f"{what}: {exc.status} {exc.reason}: {exc.body}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise CommandError(f"{what}: cannot reach the apiserver: {exc}") from exc
+        result = kube.call(method, url, body, content_type, query)
+    except kube.KubeError as exc:
+        if exc.status == 0:
+            raise CommandError(f"{what}: cannot reach the apiserver: {exc}") from exc
+        raise CommandError(f"{what}: {exc}") from exc
+    if result is None:
+        raise CommandError(f"{what}: not found")
+    return result
 
 
 def act(name: str, namespace: str | None, action: str, kubeconfig: str | None = None) -> int:
     """`slipway canary ACTION NAME`: set the action annotation."""
-    from kubernetes import client
+    from slipway import kube
 
     try:
-        api = _client(kubeconfig)
-        namespace = namespace or default_namespace(kubeconfig)
-        canary = _call(f"canary {namespace}/{name}",
-                       client.CustomObjectsApi(api).patch_namespaced_custom_object,
-                       GROUP, VERSION, namespace, CRD.plural, name, action_patch(action),
-                       _content_type="application/merge-patch+json")
+        namespace = _connect(kubeconfig, namespace)
+        canary = _call(f"canary {namespace}/{name}", "PATCH",
+                       kube.path(f"{GROUP}/{VERSION}", CRD.kind, namespace, name),
+                       action_patch(action), "application/merge-patch+json")
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -327,21 +311,18 @@ def act(name: str, namespace: str | None, action: str, kubeconfig: str | None = 
 
 def status(name: str, namespace: str | None, kubeconfig: str | None = None) -> int:
     """`slipway canary status NAME`: print the rollout and its timeline."""
-    from kubernetes import client
+    from slipway import kube
 
     try:
-        api = _client(kubeconfig)
-        namespace = namespace or default_namespace(kubeconfig)
-        canary = _call(f"canary {namespace}/{name}",
-                       client.CustomObjectsApi(api).get_namespaced_custom_object,
-                       GROUP, VERSION, namespace, CRD.plural, name)
-        events = _call(f"events of canary {namespace}/{name}",
-                       client.CoreV1Api(api).list_namespaced_event, namespace,
-                       field_selector=f"involvedObject.kind={CRD.kind},"
-                                      f"involvedObject.name={name}")
+        namespace = _connect(kubeconfig, namespace)
+        canary = _call(f"canary {namespace}/{name}", "GET",
+                       kube.path(f"{GROUP}/{VERSION}", CRD.kind, namespace, name))
+        events = _call(f"events of canary {namespace}/{name}", "GET",
+                       kube.path("v1", "Event", namespace), query=[(
+                           "fieldSelector",
+                           f"involvedObject.kind={CRD.kind},involvedObject.name={name}")])
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    items = api.sanitize_for_serialization(events).get("items") or []
-    print(format_status(canary, items), end="")
+    print(format_status(canary, events.get("items") or []), end="")
     return 0

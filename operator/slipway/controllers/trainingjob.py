@@ -678,9 +678,10 @@ async def watch_trainingjobs(memo: kopf.Memo, **_: Any) -> None:
                         store=TRAININGJOBS)
     jobs = SelectorWatch("batch/v1", "Job", LABEL, job_event, namespace, store=JOBS,
                          initial=False,  # the resync loop's first pass covers start-up
-                         workers=32, batch=JOB_BATCH_SECONDS, slim=_trim_job)
+                         workers=32, batch=JOB_BATCH_SECONDS, queue_trimmed=True)
     services = SelectorWatch("v1", "Service", LABEL, service_event, namespace,
-                             store=SERVICES, initial=False, workers=4, slim=_trim_service)
+                             store=SERVICES, initial=False, workers=4,
+                             queue_trimmed=True)
     memo["trainingjob_watches"] = [asyncio.create_task(w.run()) for w in (tjs, jobs, services)]
 
 
