@@ -25,7 +25,8 @@ COPY --from=build /install /usr/local
 # HOME points at /tmp, the one writable place (the chart mounts an emptyDir there), so that
 # the root filesystem can be mounted read-only (readOnlyRootFilesystem).
 USER 10001:10001
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+# PYTHONMALLOC=malloc: see slipway.memory.use_system_malloc (`slipway run` sets it otherwise).
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp PYTHONMALLOC=malloc
 # 8080: /healthz and /readyz; 9100: /metrics.
 EXPOSE 8080 9100
 ENTRYPOINT ["slipway"]

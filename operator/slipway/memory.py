@@ -45,6 +45,26 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     return bool(_LIBC.mallopt(M_ARENA_MAX, arenas))
 
 
+def use_system_malloc(argv: list[str] | None = None) -> None:
+    """Run the operator on glibc's malloc instead of Python's small-object allocator: start
+    the process again with PYTHONMALLOC=malloc, unless PYTHONMALLOC is set (to anything).
+
+    pymalloc carves small objects out of 1 MiB arenas and gives an arena back only when every
+    object in it is gone. A burst's short-lived objects and the caches' long-lived ones share
+    arenas, so after a burst the arenas stay resident, mostly empty: at 10,000 objects, 45 MB
+    free inside 117 arenas against 41 MB used. glibc's malloc_trim (`trim`) returns free
+    pages one at a time. Measured at 3,000 objects: 110.0 MiB RSS at idle with pymalloc,
+    100.7 MiB with malloc; idle CPU 0.29 against 0.39 CPU-seconds a minute. The image sets
+    PYTHONMALLOC itself, so it never starts twice.
+    """
+    if "PYTHONMALLOC" in os.environ:
+        return
+    args = [sys.executable, "-m", "slipway.cli", *(sys.argv[1:] if argv is None else argv)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, {**os.environ, "PYTHONMALLOC": "malloc"})
+
+
 def trim() -> bool:
     """Hand free heap pages back to the system; True when some were."""
     return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False

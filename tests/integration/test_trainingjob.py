@@ -362,6 +362,36 @@ def test_reapplied_name_does_not_adopt_an_orphaned_job(kubectl: Kubectl, namespa
     assert [r["uid"] for r in svc["metadata"]["ownerReferences"]] == [tj_uid]
 
 
+def test_someone_elses_service_is_never_taken_over(kubectl: Kubectl, namespace: str,
+                                                   operator: OperatorProcess) -> None:
+    """A Service with the job's name that is not ours (no label, so the operator's watch
+    never shows it) blocks the job with NameConflict, and no Job is made; once it is gone,
+    the job makes its own Service and runs."""
+    kubectl("create", "service", "clusterip", "mine", "--clusterip=None", "--tcp=80:80",
+            "-n", namespace)
+    theirs = kubectl.get("service", "mine", namespace) or {}
+    kubectl("apply", "-n", namespace, "-f", "-", input=tj("mine", workers=2, distributed={}))
+
+    def blocked() -> dict[str, Any]:
+        st = status(kubectl, "mine", namespace)
+        running = next((c for c in st.get("conditions") or [] if c["type"] == "Running"), {})
+        assert running.get("reason") == "NameConflict" and "Service mine" in st["message"], st
+        return st
+
+    wait_for(blocked, 30, what="the Service name conflict to be reported")
+    stays(blocked, 4, "the job to keep waiting")
+    assert _jobs(kubectl, "mine", namespace) == []
+    kept = kubectl.get("service", "mine", namespace) or {}
+    assert kept["metadata"]["uid"] == theirs["metadata"]["uid"]
+    assert not kept["metadata"].get("ownerReferences")
+
+    kubectl("delete", "service", "mine", "-n", namespace, "--wait=true")
+    wait_phase(kubectl, "mine", namespace, "Succeeded")
+    tj_uid = (kubectl.get("tj", "mine", namespace) or {})["metadata"]["uid"]
+    svc = kubectl.get("service", "mine", namespace) or {}
+    assert [r["uid"] for r in svc["metadata"]["ownerReferences"]] == [tj_uid]
+
+
 def test_unschedulable_worker_is_pending_not_running(kubectl: Kubectl, namespace: str,
                                                      operator: OperatorProcess) -> None:
     """Job.status.active counts Pending pods too: a worker the scheduler cannot place must

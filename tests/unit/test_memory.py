@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from slipway import memory
 
 
@@ -66,3 +70,17 @@ def test_pymalloc_counts_small_objects_in_its_arenas() -> None:
     assert after["used_kib"] >= before["used_kib"] + 8_000, (before, after)
     assert after["arenas"] > before["arenas"] and after["arenas_peak"] >= after["arenas"]
     assert len(small) == 200_000
+
+
+def test_use_system_malloc_starts_the_command_again_unless_pythonmalloc_is_set() -> None:
+    code = ("import sys; from slipway import memory; memory.use_system_malloc(['version']); "
+            "print('not restarted')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+    restarted = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, check=True).stdout
+    version = subprocess.run([sys.executable, "-m", "slipway.cli", "version"], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    assert restarted == version and "not restarted" not in restarted
+    kept = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONMALLOC": "pymalloc"},
+                          capture_output=True, text=True, check=True).stdout
+    assert kept == "not restarted\n"

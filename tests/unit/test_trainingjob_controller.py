@@ -337,7 +337,7 @@ def test_listeners_hear_of_phase_changes_only(fake: FakeKube, stores: Any,
 
 def test_the_headless_service_is_read_from_its_store(fake: FakeKube, stores: Any) -> None:
     new_tj(fake, **DDP)
-    run(fake)  # not in the store yet: read, then applied and written through
+    run(fake)  # not in the listed store: created (no read first) and written through
     assert ctl.SERVICES.get(NS, "bert") is not None
     reads: list[str] = []
     real_get = kube.get
@@ -351,11 +351,21 @@ def test_the_headless_service_is_read_from_its_store(fake: FakeKube, stores: Any
     for _ in range(3):
         run(fake)
     assert "Service" not in reads
-    # Deleted (its watch event removes it from the store): put back at the next pass.
+    # Deleted (its watch event removes it from the store): put back at the next pass, by a
+    # create alone.
     svc = fake.objects.pop(("Service", "bert"))
     ctl.SERVICES.remove(svc)
     run(fake)
-    assert ("Service", "bert") in fake.objects and reads.count("Service") == 1
+    assert ("Service", "bert") in fake.objects and reads.count("Service") == 0
+    # Someone else's Service by that name (no label: the store never sees it): the create
+    # fails with 409, and only then is it read, and left alone.
+    fake.objects.pop(("Service", "bert"))
+    ctl.SERVICES.remove(svc)
+    theirs = {"apiVersion": "v1", "kind": "Service",
+              "metadata": {"name": "bert", "namespace": NS, "uid": "theirs"}}
+    fake.objects[("Service", "bert")] = theirs
+    run(fake)
+    assert reads.count("Service") == 1 and fake.objects[("Service", "bert")] == theirs
 
 
 def test_pods_of_a_just_started_job_are_read_after_a_grace(fake: FakeKube,

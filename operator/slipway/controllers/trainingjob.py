@@ -496,6 +496,17 @@ async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
     orphaned by a deleted predecessor (no owner, our labels) is adopted: it holds no state."""
     meta = service["metadata"]
     existing = SERVICES.get(meta["namespace"], meta["name"]) if SERVICES.synced else None
+    if existing is None and SERVICES.synced:
+        # Not in the listed store, so most likely absent: one POST creates it (a GET and
+        # an apply were two round trips before every distributed Job's create). A 409 is a
+        # same-named Service without our label, or one the watch has not shown yet: it is
+        # read and judged below.
+        try:
+            SERVICES.put(await kube.create(service))
+            return
+        except kube.KubeError as exc:
+            if exc.status != 409:
+                raise
     if existing is None or not owned_by(existing, tj):
         # Not ours, or not seen: the store only holds Services with our label, and a
         # same-named one without it must not be taken over.
