@@ -111,6 +111,24 @@ def test_unschedulable_worker_reports_the_scheduler_message_once() -> None:
     assert again.events == []
 
 
+def test_scheduler_counts_alone_do_not_rewrite_the_message() -> None:
+    """As the cluster fills, the scheduler's counts change on every attempt; the status keeps
+    the message it has (no write), and takes a new one when the reason's text changes."""
+    first = "0/20 nodes are available: 16 Insufficient nvidia.com/gpu, 4 untolerated taint."
+    pods = [pod(0, "Running"), pod(1, unschedulable=first)]
+    obs = observe(SPEC, tj({"phase": "Pending"}), job(active=2, ready=1), None, NOW, pods=pods)
+    counts = "0/24 nodes are available: 20 Insufficient nvidia.com/gpu, 4 untolerated taint."
+    pods = [pod(0, "Running"), pod(1, unschedulable=counts)]
+    again = observe(SPEC, tj(obs.status), job(active=2, ready=1), None, NOW, pods=pods)
+    assert again.status == obs.status and first in again.status["message"]
+    other = "0/24 nodes are available: 24 Insufficient cpu."
+    pods = [pod(0, "Running"), pod(1, unschedulable=other)]
+    changed = observe(SPEC, tj(obs.status), job(active=2, ready=1), None, NOW, pods=pods)
+    assert other in changed.status["message"]
+    assert other in cond(changed.status, "Running")["message"]
+    assert changed.events == []  # the same reason: still one Warning, when it appeared
+
+
 def test_image_pull_and_config_errors_come_from_the_container_state() -> None:
     for reason, message in [
             ("ImagePullBackOff", 'Back-off pulling image "trainer:nope"'),

@@ -24,6 +24,7 @@ STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashL
 # Pending reasons that are a problem to tell the user about (a Warning Event), not progress.
 WARN_PENDING = (*STUCK_REASONS, "Unschedulable", "NameConflict")
 # The Job controller's message for a FailJob podFailurePolicy rule (pod_failure_policy.go).
+_DIGITS = re.compile(r"\d+")
 _FAIL_JOB_MESSAGE = re.compile(r"Container (?P<container>\S+) for pod (?P<ns>[^/\s]+)/"
                                r"(?P<pod>\S+) failed with exit code (?P<code>-?\d+)")
 
@@ -309,6 +310,11 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
 
     if note:
         message = f"{message}; {note}"
+    if phase == "Pending" and reason == "Unschedulable" and old.get("phase") == "Pending" \
+            and _counts_only_differ(old.get("message"), message):
+        # The scheduler's counts ("0/20 nodes are available: 12 Insufficient ...") change as
+        # the cluster fills: at a burst, a status write per change with nothing new in it.
+        message = old["message"]
     before = (get_condition(conds, "Running") or {}).get("reason")
     if phase == "Running":
         cond("Running", True, reason, message)
@@ -345,6 +351,10 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
         kind = "Warning" if phase == "Failed" else "Normal"
         events.append(Event(kind, reason if phase == "Failed" else phase, message))
     return Observation(status, events)
+
+
+def _counts_only_differ(old: str | None, new: str) -> bool:
+    return old is not None and _DIGITS.sub("#", old) == _DIGITS.sub("#", new)
 
 
 def build_failed(tj: dict[str, Any], message: str, now: str) -> Observation:
