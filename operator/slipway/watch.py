@@ -139,9 +139,21 @@ class Store:
 
     def snapshot(self) -> list[dict[str, Any]] | None:
         """Every object held (None until a first LIST has filled the store)."""
+        pages = self.pages(len(self._objects) or 1)
+        return None if pages is None else [o for page in pages for o in page]
+
+    def pages(self, size: int) -> Iterator[list[dict[str, Any]]] | None:
+        """Every object held, decoded *size* at a time (None until a first LIST has filled
+        the store): a walk over 10,000 objects holds one page of them, not all at once."""
         if not self.synced:
             return None
-        return [marshal.loads(blob) for _, _, blob in self._objects.values()]
+        blobs = [blob for _, _, blob in self._objects.values()]
+
+        def decode() -> Iterator[list[dict[str, Any]]]:
+            for start in range(0, len(blobs), size):
+                yield [marshal.loads(b) for b in blobs[start:start + size]]
+
+        return decode()
 
     def keep_only(self, keys: set[Key]) -> None:
         """After a full LIST: forget the objects it did not return (deleted meanwhile)."""
@@ -176,7 +188,9 @@ class SelectorWatch:
         # With a store: *initial* False leaves the objects of the first LIST to another
         # start-up pass (the resync loop's); later relists hand on only what changed.
         self.store, self.initial = store, initial
-        self._pending: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+        # key -> (event type, the newest object marshalled): a backlog of thousands of
+        # changes is then one block each, not thousands of small dicts that fragment the heap.
+        self._pending: dict[Key, tuple[str | None, bytes]] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._busy: set[Key] = set()
         self._held: set[Key] = set()  # waiting out the batch period
@@ -201,7 +215,7 @@ class SelectorWatch:
     def _enqueue(self, type_: str | None, obj: dict[str, Any]) -> None:
         key = object_key(obj)
         queued = key in self._pending
-        self._pending[key] = (type_, obj)  # the newest copy wins
+        self._pending[key] = (type_, marshal.dumps(obj))  # the newest copy wins
         if key in self._held and type_ == "DELETED":
             self._release(key)  # a deletion is handled at once
         elif not queued and key not in self._busy:
@@ -225,7 +239,8 @@ class SelectorWatch:
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
-            type_, obj = self._pending.pop(key)
+            type_, blob = self._pending.pop(key)
+            obj = marshal.loads(blob)
             self._busy.add(key)
             try:
                 await self.handler(type_, obj)

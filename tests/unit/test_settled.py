@@ -146,7 +146,7 @@ async def test_resync_walks_a_synced_store_instead_of_listing(
     store = Store("app")
     monkeypatch.setattr(kube, "list_pages", list_pages)
     monkeypatch.setattr(resync, "_REGISTRY", [])
-    resync.register("v1", "K", reconcile, source=store.snapshot)
+    resync.register("v1", "K", reconcile, source=store.pages)
     await resync.resync_once()  # not listed by its watch yet: a LIST
     assert (listed, seen) == (["K"], ["from-list"])
     for i in range(resync.PAGE + 1):  # more than a page

@@ -232,3 +232,18 @@ async def test_queued_changes_hold_only_what_the_handler_reads() -> None:
     assert store.by_label("ns", "a") == [seen[1]]
     for t in workers:
         t.cancel()
+
+
+def test_store_pages_decode_a_page_at_a_time() -> None:
+    store = Store("app")
+    for i in range(5):
+        store.put(labelled(f"o{i}", "1", "a"))
+    assert store.pages(2) is None  # not listed yet
+    store.keep_only({("ns", f"o{i}") for i in range(5)})
+    pages = store.pages(2)
+    assert pages is not None
+    first = next(iter(pages))
+    assert [o["metadata"]["name"] for o in first] == ["o0", "o1"]
+    store.remove(labelled("o4", "1", "a"))  # a walk already begun keeps its own view
+    assert [[o["metadata"]["name"] for o in p] for p in pages] == [["o2", "o3"], ["o4"]]
+    assert [o["metadata"]["name"] for o in store.snapshot() or []] == [f"o{i}" for i in range(4)]

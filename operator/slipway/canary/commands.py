@@ -287,6 +287,8 @@ def _call(what: str, method: str, url: str, body: Any = None,
     except kube.KubeError as exc:
         if exc.status == 0:
             raise CommandError(f"{what}: cannot reach the apiserver: {exc}") from exc
+        if exc.status == 404:
+            raise CommandError(f"{what}: not found") from exc
         raise CommandError(f"{what}: {exc}") from exc
     if result is None:
         raise CommandError(f"{what}: not found")

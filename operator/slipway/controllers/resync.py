@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +39,9 @@ CONCURRENCY = 8  # objects reconciled at once within a tick
 PAGE = 500  # objects per LIST page
 Reconciler = Callable[[dict[str, Any]], Awaitable[Any]]
 Skip = Callable[[dict[str, Any]], bool]
-# The objects of a kind as a watch's store holds them; None while it cannot (not listed yet).
-Source = Callable[[], list[dict[str, Any]] | None]
+# The objects of a kind as a watch's store holds them, in pages of the size given; None while
+# it cannot (not listed yet).
+Source = Callable[[int], Iterable[list[dict[str, Any]]] | None]
 
 
 def _never(_: dict[str, Any]) -> bool:
@@ -71,10 +72,10 @@ def register(api_version: str, kind: str, reconcile: Reconciler, skip: Skip = _n
 
 async def _pages(entry: _Entry) -> AsyncIterator[list[dict[str, Any]]]:
     """The objects of *entry*'s kind, a page at a time: from its source, else a LIST."""
-    held = entry.source() if entry.source is not None else None
+    held = entry.source(PAGE) if entry.source is not None else None
     if held is not None:
-        for start in range(0, len(held), PAGE):
-            yield held[start:start + PAGE]
+        for page in held:
+            yield page
         return
     async for page in kube.list_pages(entry.api_version, entry.kind, active().namespace,
                                       limit=PAGE):

@@ -634,7 +634,7 @@ def _nothing_to_do(tj: dict[str, Any]) -> bool:
 
 
 resync.register(API_VERSION, KIND, _resync, skip=_nothing_to_do,
-                source=lambda: TRAININGJOBS.snapshot())
+                source=TRAININGJOBS.pages)
 
 
 async def service_event(type_: str | None, svc: dict[str, Any]) -> None:
