@@ -347,10 +347,18 @@ def test_the_headless_service_is_read_from_its_store(fake: FakeKube, stores: Any
         reads.append(kind)
         return await real_get(api_version, kind, namespace, name)
 
+    applies: list[str] = []
+    real_apply = kube.apply
+
+    async def counted_apply(manifest: dict[str, Any], *args: Any) -> dict[str, Any]:
+        applies.append(manifest["kind"])
+        return await real_apply(manifest, *args)
+
     kube.get = counted_get  # type: ignore[assignment]  # restored by the fake fixture
+    kube.apply = counted_apply  # type: ignore[assignment]
     for _ in range(3):
         run(fake)
-    assert "Service" not in reads
+    assert "Service" not in reads and "Service" not in applies  # created as applied: no drift
     # Deleted (its watch event removes it from the store): put back at the next pass, by a
     # create alone.
     svc = fake.objects.pop(("Service", "bert"))

@@ -46,6 +46,7 @@ from slipway.controllers.common import (
     object_lock,
     owned,
     owned_by,
+    stamped,
     transient,
     write_status,
 )
@@ -502,7 +503,8 @@ async def _ensure_service(service: dict[str, Any], tj: dict[str, Any]) -> None:
         # same-named Service without our label, or one the watch has not shown yet: it is
         # read and judged below.
         try:
-            SERVICES.put(await kube.create(service))
+            # Stamped as an apply would be: the next pass then sees no drift to apply.
+            SERVICES.put(await kube.create(stamped(service)))
             return
         except kube.KubeError as exc:
             if exc.status != 409:
