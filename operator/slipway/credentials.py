@@ -3,7 +3,7 @@ running in a cluster, else the current context of a kubeconfig.
 
 Slipway reads these itself instead of through the official client: the operator needs a
 server, a CA and one credential, and importing the official client (with the modules it pulls
-in) costs the operator about 19 MiB of RSS. Supported, as kubectl does: a bearer token or a
+in) costs the operator about 8 MiB of RSS. Supported, as kubectl does: a bearer token or a
 token file, a client certificate and key (as files or inline data), basic auth, an `exec`
 credential plugin (EKS, GKE, AKS), `insecure-skip-tls-verify`, relative paths (against the
 kubeconfig's own folder) and several files in KUBECONFIG (the first value wins).

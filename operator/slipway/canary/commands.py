@@ -7,7 +7,7 @@ the history and a timeline of the Canary's Events.
 
 The formatting functions are pure: they take the Canary and its Events as plain dicts, as the
 apiserver returns them, and return text. Only act() and status() talk to the apiserver, with
-the official client, synchronously.
+slipway.kube, synchronously.
 """
 
 from __future__ import annotations
