@@ -44,14 +44,22 @@ def event_manifest(obj: Mapping[str, Any], type: str, reason: str,
 
 
 async def post(obj: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+    await _send(event_manifest(obj, type, reason, message, now_rfc3339()))
+
+
+async def _send(manifest: dict[str, Any]) -> None:
     try:
-        await kube.create(event_manifest(obj, type, reason, message, now_rfc3339()))
+        await kube.create(manifest)
     except kube.KubeError as exc:  # e.g. the namespace is terminating
-        log.info(f"event {reason} on {obj['metadata']['name']} not posted: {exc}")
+        log.info(f"event {manifest['reason']} on {manifest['involvedObject']['name']} "
+                 f"not posted: {exc}")
 
 
 def emit(obj: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    """Post an Event about *obj* (a dict with apiVersion, kind and metadata) in the background."""
-    task = asyncio.get_running_loop().create_task(post(obj, type, reason, message))
+    """Post an Event about *obj* (a dict with apiVersion, kind and metadata) in the background.
+    The Event is built now: its time is when it happened, and a queue of unsent Events at a
+    burst holds Events, not the whole objects they are about."""
+    manifest = event_manifest(obj, type, reason, message, now_rfc3339())
+    task = asyncio.get_running_loop().create_task(_send(manifest))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
