@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import os
 import ssl
@@ -99,8 +100,10 @@ class Credentials:
         return ctx
 
 
+@functools.lru_cache(maxsize=8)
 def _pem_file(data: str) -> str:
-    """ssl loads a client certificate only from a file: write inline data to a private one."""
+    """ssl loads a client certificate only from a file: write inline data to a private one,
+    once per distinct certificate or key (every reconnect reuses it)."""
     handle, name = tempfile.mkstemp(prefix="slipway-", suffix=".pem")
     with os.fdopen(handle, "wb") as f:  # mkstemp: mode 0600
         f.write(base64.b64decode(data))

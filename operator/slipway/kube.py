@@ -38,6 +38,7 @@ PLURALS: dict[tuple[str, str], str] = {
 }
 
 _lock = threading.Lock()
+_first_use = threading.Lock()
 _connection: tuple[urllib3.PoolManager, credentials.Credentials] | None = None
 
 
@@ -68,7 +69,10 @@ def connection() -> tuple[urllib3.PoolManager, credentials.Credentials]:
     """The shared connection pool, connected on first use."""
     with _lock:
         current = _connection
-    return current or connect()
+    if current is not None:
+        return current
+    with _first_use:  # threads that arrive together build one pool, not one each
+        return _connection or connect()
 
 
 def request(method: str, url: str, query: list[tuple[str, Any]] | None = None,

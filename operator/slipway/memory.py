@@ -62,7 +62,10 @@ def use_system_malloc(argv: list[str] | None = None) -> None:
     """
     if "PYTHONMALLOC" in os.environ:
         return
-    args = [sys.executable, "-m", "slipway.cli", *(sys.argv[1:] if argv is None else argv)]
+    # sys.orig_argv keeps the interpreter's own flags (-X, -W) and how it was started (a
+    # console script, -m); *argv* (tests) runs `python -m slipway.cli ARGV`.
+    args = (list(sys.orig_argv) if argv is None
+            else [sys.executable, "-m", "slipway.cli", *argv])
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, args, {**os.environ, "PYTHONMALLOC": "malloc"})

@@ -7,6 +7,7 @@ import base64
 import http.server
 import json
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from slipway import credentials, kube
+from slipway.devcluster.certs import write_pki
 
 
 def _write(path: Path, doc: dict[str, Any]) -> str:
@@ -71,6 +73,22 @@ def test_token_file_is_read_again_after_forget(tmp_path: Path) -> None:
 def test_basic_auth() -> None:
     creds = credentials.Credentials(server="https://x", username="ada", password="pw")
     assert creds.authorization() == "Basic " + base64.b64encode(b"ada:pw").decode()
+
+
+def test_inline_client_certificate_is_written_once_and_loads(tmp_path: Path) -> None:
+    pki = write_pki(tmp_path / "pki")
+    data = {k: base64.b64encode(pki[k].read_bytes()).decode()
+            for k in ("ca.crt", "admin.crt", "admin.key")}
+    before = set(Path(tempfile.gettempdir()).glob("slipway-*.pem"))
+    for _ in range(3):  # every reconnect builds a context: the key is written once
+        credentials.Credentials(server="https://x", ca_data=data["ca.crt"],
+                                cert_data=data["admin.crt"],
+                                key_data=data["admin.key"]).ssl_context()
+    written = set(Path(tempfile.gettempdir()).glob("slipway-*.pem")) - before
+    assert len(written) == 2  # the certificate and its key (fresh ones: write_pki's)
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in written)
+    for path in written:
+        path.unlink()
 
 
 def test_exec_plugin_token_is_cached_until_it_expires(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ async def test_at_most_workers_handlers_run_at_once_and_failures_do_not_stop_it(
 async def test_watch_events_bookmarks_and_expiry() -> None:
     got: list[tuple[str | None, dict[str, Any]]] = []
     w = SelectorWatch("batch/v1", "Job", "a", lambda t, o: asyncio.sleep(0))
-    w.put = lambda t, o: got.append((t, o))  # type: ignore[method-assign]
+    w.put = lambda t, o, **_: got.append((t, o))  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     assert w._event({"type": "ADDED", "object": job("a", "7")}, "5", loop) == "7"
     assert w._event({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}},
@@ -79,6 +79,45 @@ async def test_watch_events_bookmarks_and_expiry() -> None:
     assert [(t, o["metadata"]["name"], o["kind"]) for t, o in got] == [("ADDED", "a", "Job")]
     with pytest.raises(Gone):
         w._event({"type": "ERROR", "object": {"code": 410, "message": "too old"}}, "9", loop)
+
+
+async def test_watch_thread_hands_on_changes_slimmed_and_marshalled() -> None:
+    """What waits in the event loop's queue behind a busy loop is one compact block per
+    change: no managedFields, and a child's only what its store keeps."""
+    handled: list[dict[str, Any]] = []
+
+    async def handler(t: str | None, o: dict[str, Any]) -> None:
+        handled.append(o)
+
+    store = Store("app", lambda o: {"metadata": {k: v for k, v in o["metadata"].items()
+                                                 if k != "managedFields"}})
+    w = SelectorWatch("batch/v1", "Job", "app", handler, store=store, queue_trimmed=True)
+    loop = asyncio.get_running_loop()
+    waiting: list[tuple[Any, ...]] = []
+    w._handoff("ADDED", labelled("a", "5", "x"), _Recorder(waiting))  # type: ignore[arg-type]
+    [(callback, type_, blob)] = waiting
+    assert isinstance(blob, bytes) and b"managedFields" not in blob and b"template" not in blob
+    callback(type_, blob)  # as the loop runs it
+    assert store.get("ns", "a") == {"metadata": {"namespace": "ns", "name": "a",
+                                                 "resourceVersion": "5",
+                                                 "labels": {"app": "x"}}}
+    worker = loop.create_task(w._work())
+    for _ in range(100):
+        if handled:
+            break
+        await asyncio.sleep(0.01)
+    worker.cancel()
+    assert handled == [store.get("ns", "a")]
+
+
+class _Recorder:
+    """An event loop's call_soon_threadsafe, recorded instead of run."""
+
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        self.calls.append((callback, *args))
 
 
 def labelled(name: str, rv: str, owner: str, ns: str = "ns") -> dict[str, Any]:
