@@ -32,7 +32,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # edit: a POST each that the API server pays for at scale. Slipway posts its own Events
     # for what users act on; Kopf still posts its warnings and errors.
     settings.posting.level = logging.WARNING
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+    # Kopf keeps a worker, with the last body it saw, per object that had an event in the
+    # last idle_timeout seconds (5 by default): at a burst of a thousand ModelDeployments,
+    # a thousand bodies at once. A change after a worker has gone starts a new one.
+    settings.queueing.idle_timeout = 1.0
     metrics.serve(active().metrics_port)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import datetime as dt
 import itertools
 from typing import Any
 
@@ -251,6 +250,7 @@ def stores() -> Any:
     yield ctl.JOBS, ctl.TRAININGJOBS
     for store in (ctl.JOBS, ctl.TRAININGJOBS, ctl.SERVICES):
         store.clear()
+    ctl._WAITING_SINCE.clear()
 
 
 def test_with_the_stores_own_writes_are_seen_before_their_watch_events(
@@ -376,34 +376,51 @@ def test_the_headless_service_is_read_from_its_store(fake: FakeKube, stores: Any
     assert reads.count("Service") == 1 and fake.objects[("Service", "bert")] == theirs
 
 
-def test_pods_of_a_just_started_job_are_read_after_a_grace(fake: FakeKube,
-                                                           stores: Any) -> None:
+def test_pods_of_a_job_waiting_for_workers_are_read_after_a_grace_and_then_paced(
+        fake: FakeKube, stores: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs, _ = stores
     new_tj(fake, **DDP)
     run(fake)
     (job,) = fake.jobs().values()
     lists: list[str] = []
-    real_list = kube.list_objects
+    writes: list[dict[str, Any]] = []
+    real_list, real_write = kube.list_objects, ctl.write_status
 
     async def counted(api_version: str, kind: str, namespace: str | None,
                       label_selector: str | None = None) -> list[dict[str, Any]]:
         lists.append(kind)
         return await real_list(api_version, kind, namespace, label_selector)
 
-    kube.list_objects = counted  # type: ignore[assignment]  # restored by the fake fixture
-    now = dt.datetime.now(dt.UTC)
-    job["status"] = {"active": 2, "ready": 0,
-                     "startTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    async def written(tj: dict[str, Any], *args: Any) -> Any:
+        writes.append(args[0])
+        return await real_write(tj, *args)
+
+    monkeypatch.setattr(kube, "list_objects", counted)
+    monkeypatch.setattr(ctl, "write_status", written)
+    # The Job controller made the pods long after the Job started (behind, at a burst): the
+    # grace runs from when the operator first sees the pods made, not from the Job's start.
+    job["status"] = {"active": 2, "ready": 0, "startTime": "2020-01-01T00:00:00Z"}
     jobs.put(job)
     ref = {"metadata": {"namespace": NS, "name": "bert"}}
     recheck = asyncio.run(ctl.reconcile(ref))
     assert lists == [] and recheck is not None and 0 < recheck <= ctl.POD_GRACE_SECONDS
-    assert fake.objects[("TrainingJob", "bert")]["status"]["phase"] == "Pending"
+    # Pending on this Job already: a change of the counts alone is no status write.
+    assert writes == [] and fake.objects[("TrainingJob", "bert")]["status"]["phase"] == \
+        "Pending"
     # A Job event then asks for the same look again, through the work queue.
     with pytest.raises(ctl.Retry):
         asyncio.run(ctl.job_event("MODIFIED", job))
-    # Past the grace: the pods are read for the reason, and no further look is asked for.
-    job["status"]["startTime"] = (now - dt.timedelta(seconds=30)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    # Past the grace: the pods are read for the reason, and the status written.
+    uid = job["metadata"]["uid"]
+    ctl._WAITING_SINCE[uid] -= ctl.POD_GRACE_SECONDS
+    assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"] and len(writes) == 1
+    # The next Job event comes a moment later: no second read until a grace has passed.
+    job["status"]["ready"] = 1
+    jobs.put(job)
+    assert asyncio.run(ctl.reconcile(ref)) is not None and lists == ["Pod"]
+    # Every worker ready: Running is written at once, and the pacing forgotten.
+    job["status"]["ready"] = 2
     jobs.put(job)
     assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"]
+    assert fake.objects[("TrainingJob", "bert")]["status"]["phase"] == "Running"
+    assert uid not in ctl._WAITING_SINCE

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -398,9 +399,15 @@ async def _reconcile(tj: dict[str, Any]) -> float | None:
     pods: list[dict[str, Any]] = []
     recheck = None
     if _waiting_for_workers(spec, current):
-        recheck = _pod_grace_left(current, dt.datetime.now(dt.UTC))
+        recheck = _pods_due_in(current)
         if recheck is None:
             pods = await _pods(current)
+        elif note is None and verdict is None and _status_current(tj, current, attempt):
+            # A start in progress: only the worker counts would change. One write when the
+            # pods are read or the workers run covers them (a burst's writes per job: 4).
+            return recheck
+    else:
+        _WAITING_SINCE.pop(current["metadata"].get("uid"), None)
     output = job_output(current) or resolve_output(spec, tj)
     result = await _write(tj, observe(spec, tj, current, output, now, note, pods=pods,
                                       attempt=attempt, verdict=verdict,
@@ -412,21 +419,34 @@ async def _reconcile(tj: dict[str, Any]) -> float | None:
     return recheck
 
 
-# Pods of a just-started Job are left unread this long: they are being scheduled and
-# started, and why one is stuck (unschedulable, an image that cannot be pulled) only shows
-# after a while. At a burst of a thousand jobs, a LIST per Job event in that window was the
-# operator's most frequent read.
+# Pods of a Job waiting for workers are read at most once this often, the first time
+# this long after its pods were seen created: they are being scheduled and started, and why
+# one is stuck (unschedulable, an image that cannot be pulled) only shows after a while. At
+# a burst of a thousand jobs, a LIST per Job event was the operator's most frequent read:
+# the Job controller, behind, makes the pods long after the Job started.
 POD_GRACE_SECONDS = 5.0
+# Job UID -> when its pods were last read, or first seen waiting (time.monotonic()).
+_WAITING_SINCE: dict[str, float] = {}
 
 
-def _pod_grace_left(job: dict[str, Any], now: dt.datetime) -> float | None:
-    """Seconds until the pods of *job* (waiting for workers) are worth reading; None: now."""
-    started = (job.get("status") or {}).get("startTime") or \
-        job["metadata"].get("creationTimestamp")
-    if not started:
-        return None
-    age = (now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
-    return POD_GRACE_SECONDS - age if age < POD_GRACE_SECONDS else None
+def _pods_due_in(job: dict[str, Any]) -> float | None:
+    """Seconds until the pods of *job* (waiting for workers) are worth reading; None: now
+    (and the next look is a grace period away)."""
+    uid, now = job["metadata"].get("uid") or job["metadata"]["name"], time.monotonic()
+    since = _WAITING_SINCE.setdefault(uid, now)
+    if now - since < POD_GRACE_SECONDS:
+        return POD_GRACE_SECONDS - (now - since)
+    _WAITING_SINCE[uid] = now
+    return None
+
+
+def _status_current(tj: dict[str, Any], job: dict[str, Any], attempt: int) -> bool:
+    """Whether *tj*'s status already says: Pending on this very Job, this generation and
+    attempt."""
+    st = tj.get("status") or {}
+    return (st.get("phase") == "Pending" and st.get("jobName") == job["metadata"]["name"]
+            and st.get("observedGeneration") == tj["metadata"].get("generation")
+            and st.get("attempt", 0) == attempt)
 
 
 def _waiting_for_workers(spec: TrainingJobSpec, job: dict[str, Any]) -> bool:
@@ -647,6 +667,8 @@ async def service_event(type_: str | None, svc: dict[str, Any]) -> None:
 
 async def job_event(type_: str | None, body: dict[str, Any]) -> None:
     """Reflect every change of an owned Job into its TrainingJob's status at once."""
+    if type_ == "DELETED":
+        _WAITING_SINCE.pop(body["metadata"].get("uid"), None)
     await _child_event("Job", type_, body)
 
 
