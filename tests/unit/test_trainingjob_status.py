@@ -170,6 +170,22 @@ def test_succeeded_reports_output_and_duration() -> None:
     assert [(e.type, e.reason) for e in obs.events] == [("Normal", "Succeeded")]
 
 
+def test_succeeded_when_the_job_meets_its_success_criteria() -> None:
+    # Kubernetes >= 1.31: SuccessCriteriaMet, and Complete only after every pod's finalizer
+    # is removed. The job has succeeded at the first; the second changes nothing.
+    met = job(succeeded=2, startTime="2026-01-01T00:00:00Z",
+              conditions=[{"type": "SuccessCriteriaMet", "status": "True",
+                           "lastTransitionTime": "2026-01-01T00:05:07Z"}])
+    obs = observe(SPEC, tj({"phase": "Running"}), met, None, NOW)
+    assert obs.status["phase"] == "Succeeded" and obs.status["duration"] == "5m7s"
+    assert obs.status["completionTime"] == "2026-01-01T00:05:07Z"
+    # Not before: the same Job with the condition False is still running.
+    met["status"]["conditions"][0]["status"] = "False"
+    met["status"]["ready"] = 2
+    assert observe(SPEC, tj({"phase": "Running"}), met, None, NOW).status["phase"] == \
+        "Running"
+
+
 def test_failed_takes_reason_from_job_and_warns() -> None:
     # The Job's own failure time, not the time of this observation, is the completion time.
     failed_at = "2026-01-01T00:07:00Z"

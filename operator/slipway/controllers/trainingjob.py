@@ -53,6 +53,7 @@ from slipway.controllers.common import (
 )
 from slipway.events import emit
 from slipway.status.trainingjob import (
+    SUCCEEDED,
     Observation,
     Verdict,
     build_failed,
@@ -166,7 +167,7 @@ async def _hold_in_kueue(spec: TrainingJobSpec, job: dict[str, Any]) -> dict[str
 
 
 def _finished(job: dict[str, Any]) -> bool:
-    return job_condition(job, "Complete", "Failed") is not None
+    return job_condition(job, *SUCCEEDED, "Failed") is not None
 
 
 def _slim_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def _slim_meta(meta: dict[str, Any]) -> dict[str, Any]:
 # failed worker, before the Failed condition follows).
 _JOB_SPEC = ("parallelism", "completions", "completionMode", "suspend",
              "activeDeadlineSeconds", "backoffLimit")
-_JOB_CONDITIONS = ("Complete", "Failed", "FailureTarget")
+_JOB_CONDITIONS = (*SUCCEEDED, "Failed", "FailureTarget")
 _CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
 
 

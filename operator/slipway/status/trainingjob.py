@@ -68,6 +68,14 @@ class Verdict:
     message: str
 
 
+# The Job conditions that say it succeeded. Since Kubernetes 1.31 the Job controller first
+# sets SuccessCriteriaMet, then removes its finalizer from every pod and only then sets
+# Complete: at a burst of a thousand jobs, many seconds later. The outcome is decided at
+# SuccessCriteriaMet (Kubeflow's training-operator, too, marks a job Succeeded when its pods
+# have), so the TrainingJob says so then.
+SUCCEEDED = ("Complete", "SuccessCriteriaMet")
+
+
 def job_condition(job: dict[str, Any], *types: str) -> dict[str, Any] | None:
     """The first True condition of *job* among *types*."""
     for cond in job.get("status", {}).get("conditions", []) or []:
@@ -276,7 +284,7 @@ def observe(spec: TrainingJobSpec, tj: dict[str, Any], job: dict[str, Any] | Non
             startTime=old.get("startTime") or js.get("startTime"),
         )
         cond("Created", True, "JobCreated", f"Job {job['metadata']['name']} created")
-        done = job_condition(job, "Complete")
+        done = job_condition(job, *SUCCEEDED)
         failed = job_condition(job, "Failed")
         suspended = bool(job.get("spec", {}).get("suspend"))
         if done:
