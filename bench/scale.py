@@ -186,6 +186,8 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
         owner = (job["metadata"].get("labels") or {}).get(TJ_LABEL)
         if owner:
             job_seen.setdefault(owner, at)
+        if len(job_seen) >= n:  # every Job seen: the rest would be load the peer's side lacks
+            job_watch.stop.set()
 
     def on_owner(_: str, obj: dict[str, Any], at: float) -> None:
         if _succeeded(obj):
@@ -193,9 +195,9 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
 
     watches = [Watch(f"/api/v1/namespaces/{namespace}/pods", on_pod, label).start(),
                Watch(owners, on_owner).start()]
+    job_watch = Watch(f"/apis/batch/v1/namespaces/{namespace}/jobs", on_job, TJ_LABEL)
     if ours:
-        watches.append(Watch(f"/apis/batch/v1/namespaces/{namespace}/jobs", on_job,
-                             TJ_LABEL).start())
+        watches.append(job_watch.start())
     time.sleep(1.0)  # the watches are open
     pid = op.pid if ours else _peer_pid()
     cpu0, api0 = (_cpu_seconds(pid) if pid else 0.0), _apiserver_requests(cluster)

@@ -25,8 +25,14 @@ from collections.abc import Mapping
 
 log = logging.getLogger("slipway.memory")
 
-M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+M_ARENA_MAX = -8  # mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
 ARENAS = 1
+# Allocations this large or larger get their own mapping, handed back when freed. glibc's
+# default starts at 128 KiB but rises to the size of any mapped block freed (up to 32 MiB):
+# after the first LIST response is freed, the next ones (megabytes each) land in the heap,
+# and the small objects that live on after them pin the heap's top. Setting it fixes it.
+MMAP_THRESHOLD = 128 * 1024
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -41,11 +47,13 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def limit_arenas(arenas: int = ARENAS) -> bool:
-    """Cap malloc's arenas; call before the threads start. False where it cannot."""
+def tune_malloc(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Cap malloc's arenas and fix its mmap threshold; call before the threads start. False
+    where it cannot."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
-    return bool(_LIBC.mallopt(M_ARENA_MAX, arenas))
+    return bool(_LIBC.mallopt(M_ARENA_MAX, arenas)) and \
+        bool(_LIBC.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
 
 
 def use_system_malloc(argv: list[str] | None = None) -> None:
@@ -76,6 +84,26 @@ def trim() -> bool:
     return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def malloc_stats() -> dict[str, int]:
+    """glibc malloc's own account, in KiB: the heap it took from the system, the part of it
+    in use and free (free pages handed back by `trim` count as free, not resident), and the
+    blocks mapped on their own. In use far below the heap's RSS means fragmentation; close
+    to it, memory really held (by Python or by C libraries). Empty where it cannot tell."""
+    if _LIBC is None or not hasattr(_LIBC, "mallinfo2"):
+        return {}
+    _LIBC.mallinfo2.restype = _MallInfo2
+    info = _LIBC.mallinfo2()
+    return {"heap_kib": info.arena // 1024, "used_kib": info.uordblks // 1024,
+            "free_kib": info.fordblks // 1024, "mapped_kib": info.hblkhd // 1024,
+            "mapped_blocks": info.hblks}
+
+
 def report_from_env(env: Mapping[str, str] = os.environ) -> bool:
     """SIGUSR2 writes a memory report when SLIPWAY_MEMORY_REPORT=<file> ("-": stderr) is set.
 
@@ -100,7 +128,8 @@ def report(top: int = 40) -> str:
     lines = [f"rss_kib={_rss_kib()} " + " ".join(
         f"{kind}_kib={kib}" for kind, kib in sorted(mappings().items(), key=lambda kv: -kv[1])),
              # (empty while tracing: tracemalloc stands between Python and pymalloc)
-             " ".join(f"{k}={v}" for k, v in pymalloc().items())]
+             " ".join(f"{k}={v}" for k, v in pymalloc().items()),
+             "malloc " + " ".join(f"{k}={v}" for k, v in malloc_stats().items())]
     if not tracemalloc.is_tracing():
         return "\n".join(lines) + "\n"
     traced, peak = tracemalloc.get_traced_memory()

@@ -102,7 +102,7 @@ async def _main(settings: Settings) -> None:
 def run(settings: Settings = SETTINGS) -> None:
     """Run the operator until interrupted."""
     activate(settings)
-    memory.limit_arenas()  # before any thread allocates
+    memory.tune_malloc()  # before any thread allocates
     memory.report_from_env()
     import slipway.controllers  # noqa: F401  (registers the handlers)
 

@@ -81,9 +81,12 @@ def test_inline_client_certificate_is_written_once_and_loads(tmp_path: Path) -> 
             for k in ("ca.crt", "admin.crt", "admin.key")}
     before = set(Path(tempfile.gettempdir()).glob("slipway-*.pem"))
     for _ in range(3):  # every reconnect builds a context: the key is written once
-        credentials.Credentials(server="https://x", ca_data=data["ca.crt"],
-                                cert_data=data["admin.crt"],
-                                key_data=data["admin.key"]).ssl_context()
+        ctx = credentials.Credentials(server="https://x", ca_data=data["ca.crt"],
+                                      cert_data=data["admin.crt"],
+                                      key_data=data["admin.key"]).ssl_context()
+    assert ctx.cert_store_stats()["x509_ca"] == 1  # the cluster's CA alone, as kubectl
+    assert credentials.Credentials(server="https://x", ca_file=str(pki["ca.crt"])) \
+        .ssl_context().cert_store_stats()["x509_ca"] == 1
     written = set(Path(tempfile.gettempdir()).glob("slipway-*.pem")) - before
     assert len(written) == 2  # the certificate and its key (fresh ones: write_pki's)
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in written)

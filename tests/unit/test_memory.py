@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,10 +38,12 @@ def test_report_names_the_line_that_holds_the_memory() -> None:
         tracemalloc.stop()
     first = text.splitlines()
     assert first[0].startswith("rss_kib="), text
-    assert first[2].startswith("traced_kib="), text  # [1]: pymalloc, silent while tracing
+    # [1]: pymalloc, silent while tracing; [2]: glibc malloc's account
+    assert first[2].startswith("malloc"), text
+    assert first[3].startswith("traced_kib="), text
     largest = text.split(" KiB in ")[1]  # the first entry, up to the next one's size
     assert "test_memory.py" in largest, text
-    assert int(first[3].split()[0]) >= 9_000, text  # KiB of the largest entry
+    assert int(first[4].split()[0]) >= 9_000, text  # KiB of the largest entry
     assert len(held) == 5_000
 
 
@@ -84,3 +87,20 @@ def test_use_system_malloc_starts_the_command_again_unless_pythonmalloc_is_set()
     kept = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONMALLOC": "pymalloc"},
                           capture_output=True, text=True, check=True).stdout
     assert kept == "not restarted\n"
+
+
+def test_malloc_stats_tell_used_from_free() -> None:
+    code = ("import json; from slipway import memory\n"
+            "before = memory.malloc_stats()\n"
+            "held = [bytes(1000) for _ in range(20_000)]\n"  # 20 MB in small blocks
+            "during = memory.malloc_stats()\n"
+            "del held[::2]\n"  # every other block: free, but scattered among used ones
+            "after = memory.malloc_stats()\n"
+            "print(json.dumps([before, during, after]))")
+    env = {**os.environ, "PYTHONMALLOC": "malloc"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    before, during, after = json.loads(out)
+    assert during["used_kib"] >= before["used_kib"] + 19_000
+    assert after["free_kib"] >= during["free_kib"] + 9_000
+    assert after["used_kib"] <= during["used_kib"] - 9_000
