@@ -424,8 +424,9 @@ async def _reconcile(tj: dict[str, Any]) -> float | None:
 # this long after its pods were seen created: they are being scheduled and started, and why
 # one is stuck (unschedulable, an image that cannot be pulled) only shows after a while. At
 # a burst of a thousand jobs, a LIST per Job event was the operator's most frequent read:
-# the Job controller, behind, makes the pods long after the Job started.
-POD_GRACE_SECONDS = 5.0
+# the Job controller, behind, makes the pods long after the Job started, and the scheduler
+# and kubelets take their time to start them (5 s was two reads and a write more per job).
+POD_GRACE_SECONDS = 15.0
 # Job UID -> when its pods were last read, or first seen waiting (time.monotonic()).
 _WAITING_SINCE: dict[str, float] = {}
 
