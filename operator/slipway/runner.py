@@ -18,6 +18,9 @@ log = logging.getLogger("slipway.runner")
 API_THREADS = 32  # API calls in flight at once (and the client's connection pool size)
 
 
+KOPF_WORKERS = 64  # objects Kopf handles at once, per kind
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Progress and diff-base live in status, never in the size-limited annotations.
@@ -37,6 +40,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # last idle_timeout seconds (5 by default): at a burst of a thousand ModelDeployments,
     # a thousand bodies at once. A change after a worker has gone starts a new one.
     settings.queueing.idle_timeout = 1.0
+    # And no more than this many at once: measured at 10,000 objects, the creation of 1,000
+    # ModelDeployments took the operator's live memory from 75 to 139 MB in under a minute
+    # (one worker each), and the heap that peak left behind stayed resident (54 MB free in
+    # it). A worker slot frees within about a second, so a burst is handled 64 at a time.
+    settings.queueing.worker_limit = KOPF_WORKERS
     metrics.serve(active().metrics_port)
 
 
