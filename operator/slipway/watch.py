@@ -194,6 +194,11 @@ class SelectorWatch:
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._busy: set[Key] = set()
         self._held: set[Key] = set()  # waiting out the batch period
+        # key -> the one pending "look again" (Retry) of that object: every event of a job
+        # that waits would otherwise add a timer, each firing a reconcile (and, while it
+        # still waits, arming the next): at a burst, reconciles multiplied.
+        self._retries: dict[Key, asyncio.TimerHandle] = {}
+        self._retry_with: dict[Key, tuple[str | None, dict[str, Any]]] = {}
         self._stop = threading.Event()
 
     # -- the work queue ----------------------------------------------------------------
@@ -258,6 +263,25 @@ class SelectorWatch:
         if object_key(obj) not in self._pending:  # a newer event is queued: it wins
             self._enqueue(type_, obj)
 
+    def _retry_later(self, key: Key, type_: str | None, obj: dict[str, Any],
+                     delay: float) -> None:
+        """Handle *obj* again in *delay* seconds, unless an earlier look is already due (it
+        then takes *obj*, the newest)."""
+        loop = asyncio.get_running_loop()
+        self._retry_with[key] = (type_, obj)
+        pending = self._retries.get(key)
+        if pending is not None:
+            if pending.when() <= loop.time() + delay:
+                return
+            pending.cancel()
+        self._retries[key] = loop.call_later(delay, self._retry_now, key)
+
+    def _retry_now(self, key: Key) -> None:
+        self._retries.pop(key, None)
+        held = self._retry_with.pop(key, None)
+        if held is not None:
+            self._enqueue_unless_newer(*held)
+
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
@@ -267,10 +291,14 @@ class SelectorWatch:
             try:
                 await self.handler(type_, obj)
             except Retry as retry:  # past the store: it already holds this very version
-                asyncio.get_running_loop().call_later(
-                    retry.delay, self._enqueue_unless_newer, type_, obj)
+                self._retry_later(key, type_, obj, retry.delay)
             except Exception:  # one object's failure must not stop the queue
                 log.exception(f"{self.kind} {key[0]}/{key[1]}: handler failed")
+            else:  # handled for good: a look asked for earlier is moot
+                pending = self._retries.pop(key, None)
+                if pending is not None:
+                    pending.cancel()
+                    self._retry_with.pop(key, None)
             finally:
                 self._busy.discard(key)
                 if key in self._pending:  # changed meanwhile: once more, with the newest

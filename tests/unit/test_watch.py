@@ -120,6 +120,32 @@ class _Recorder:
         self.calls.append((callback, *args))
 
 
+async def test_one_pending_retry_per_object_and_a_clean_pass_cancels_it() -> None:
+    """A waiting job's every event asks to be looked at again later; one look is enough.
+    (Each used to arm its own timer, each firing a reconcile that armed the next.)"""
+    calls: list[str] = []
+    wait = True
+
+    async def handler(type_: str | None, obj: dict[str, Any]) -> None:
+        calls.append(obj["metadata"]["resourceVersion"])
+        if wait:
+            raise Retry(0.2)
+
+    w = SelectorWatch("batch/v1", "Job", "a", handler)
+    worker = asyncio.create_task(w._work())
+    for rv in ("1", "2", "3"):
+        w.put("ADDED", job("a", rv))
+        await asyncio.sleep(0.01)
+    assert calls == ["1", "2", "3"] and len(w._retries) == 1
+    await asyncio.sleep(0.3)
+    assert calls == ["1", "2", "3", "3"]  # one look again, not three
+    wait = False
+    w.put("MODIFIED", job("a", "4"))  # handled for good: the next look is moot
+    await asyncio.sleep(0.3)
+    assert calls == ["1", "2", "3", "3", "4"] and w._retries == {}
+    worker.cancel()
+
+
 def labelled(name: str, rv: str, owner: str, ns: str = "ns") -> dict[str, Any]:
     return {"metadata": {"namespace": ns, "name": name, "resourceVersion": rv,
                          "labels": {"app": owner}, "managedFields": [{"big": "x"}]},
