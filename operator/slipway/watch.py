@@ -194,21 +194,20 @@ class SelectorWatch:
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._busy: set[Key] = set()
         self._held: set[Key] = set()  # waiting out the batch period
-        # key -> the one pending "look again" (Retry) of that object: every event of a job
-        # that waits would otherwise add a timer, each firing a reconcile (and, while it
-        # still waits, arming the next): at a burst, reconciles multiplied.
-        self._retries: dict[Key, asyncio.TimerHandle] = {}
-        self._retry_with: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+        # key -> the one pending "look again" (Retry) of that object, with the newest change
+        # to hand on then: every event of a job that waits would otherwise add a timer, each
+        # firing a reconcile (and, while it still waits, arming the next): at a burst,
+        # reconciles multiplied.
+        self._retries: dict[Key, tuple[asyncio.TimerHandle, str | None, dict[str, Any]]] = {}
         self._stop = threading.Event()
 
     # -- the work queue ----------------------------------------------------------------
-    def put(self, type_: str | None, obj: dict[str, Any], trimmed: bool = False,
-            blob: bytes | None = None) -> None:
+    def put(self, type_: str | None, obj: dict[str, Any], blob: bytes | None = None) -> None:
         """Take a change: into the store, then the work queue (unless it is no news).
-        *trimmed*: `_handoff` already made *obj* what the queue keeps, and *blob* is it
+        With *blob*, `_handoff` already made *obj* what the queue keeps, and *blob* is it
         marshalled."""
-        if not trimmed:
-            obj, blob = self._slim(obj), None
+        if blob is None:
+            obj = self._slim(obj)
         if self.store is not None:  # before the handler runs: it reads the store
             if type_ == "DELETED":
                 self.store.remove(obj)
@@ -235,7 +234,7 @@ class SelectorWatch:
         loop.call_soon_threadsafe(self._take, type_, marshal.dumps(obj))
 
     def _take(self, type_: str | None, blob: bytes) -> None:
-        self.put(type_, marshal.loads(blob), trimmed=True, blob=blob)
+        self.put(type_, marshal.loads(blob), blob=blob)
 
     def _enqueue(self, type_: str | None, obj: dict[str, Any],
                  blob: bytes | None = None) -> None:
@@ -268,19 +267,17 @@ class SelectorWatch:
         """Handle *obj* again in *delay* seconds, unless an earlier look is already due (it
         then takes *obj*, the newest)."""
         loop = asyncio.get_running_loop()
-        self._retry_with[key] = (type_, obj)
         pending = self._retries.get(key)
         if pending is not None:
-            if pending.when() <= loop.time() + delay:
+            if pending[0].when() <= loop.time() + delay:
+                self._retries[key] = (pending[0], type_, obj)
                 return
-            pending.cancel()
-        self._retries[key] = loop.call_later(delay, self._retry_now, key)
+            pending[0].cancel()
+        self._retries[key] = (loop.call_later(delay, self._retry_now, key), type_, obj)
 
     def _retry_now(self, key: Key) -> None:
-        self._retries.pop(key, None)
-        held = self._retry_with.pop(key, None)
-        if held is not None:
-            self._enqueue_unless_newer(*held)
+        _, type_, obj = self._retries.pop(key)
+        self._enqueue_unless_newer(type_, obj)
 
     async def _work(self) -> None:
         while True:
@@ -297,8 +294,7 @@ class SelectorWatch:
             else:  # handled for good: a look asked for earlier is moot
                 pending = self._retries.pop(key, None)
                 if pending is not None:
-                    pending.cancel()
-                    self._retry_with.pop(key, None)
+                    pending[0].cancel()
             finally:
                 self._busy.discard(key)
                 if key in self._pending:  # changed meanwhile: once more, with the newest
