@@ -52,8 +52,10 @@ def tune_malloc(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> b
     where it cannot."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
-    return bool(_LIBC.mallopt(M_ARENA_MAX, arenas)) and \
-        bool(_LIBC.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    # Both are set whatever the other's outcome (`and` would skip the second).
+    capped = bool(_LIBC.mallopt(M_ARENA_MAX, arenas))
+    fixed = bool(_LIBC.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    return capped and fixed
 
 
 def use_system_malloc(argv: list[str] | None = None) -> None:
