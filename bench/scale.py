@@ -4,8 +4,10 @@ Everything runs on one local control plane (kwok nodes), in one run:
 
 1. Burst: N TrainingJobs and N PyTorchJobs of the same shape (1 worker, then 2), created by
    the same client at the same concurrency, each side in its own namespace, one side at a
-   time. Time until every one has all its pods, and until every one has Succeeded; the
-   ratio Slipway / training-operator (goal <= 1.0).
+   time, after the cluster has gone quiet; which side goes first alternates by shape
+   (--order). Time until every one has all its pods, and until every one has Succeeded; the
+   ratio Slipway / training-operator (goal <= 1.0). What it cost: the controller's CPU, every
+   process's CPU (on 2 shared cores their sum decides the time), the API server's requests.
 2. Latency under that burst: create -> Job exists (Slipway), create -> all pods exist (both),
    p50 and p99 (goal for the Job: p99 < 1 s). Times come from watches, not polling.
 3. Steady state at M objects (finished and running TrainingJobs, stopped ModelDeployments):
@@ -201,6 +203,7 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
     time.sleep(1.0)  # the watches are open
     pid = op.pid if ours else _peer_pid()
     cpu0, api0 = (_cpu_seconds(pid) if pid else 0.0), _apiserver_requests(cluster)
+    procs0 = _cpu_by_process(cluster, op)
     ops0 = _operator_requests(op)
     docs = [(_tj if ours else _pytorchjob)(f"j-{i:05d}", workers) for i in range(n)]
     t0 = time.monotonic()
@@ -211,6 +214,7 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
         time.sleep(0.5)
     for w in watches:
         w.stop.set()
+    procs = {k: round(v - procs0.get(k, 0.0), 1) for k, v in _cpu_by_process(cluster, op).items()}
     api = _apiserver_requests(cluster)
     api.subtract(api0)
     ops = _operator_requests(op)
@@ -223,6 +227,9 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
         "pods_latency_p50_s": round(_pct([all_pods[k] - created[k] for k in all_pods], .5), 3),
         "pods_latency_p99_s": round(_pct([all_pods[k] - created[k] for k in all_pods], .99), 3),
         "controller_cpu_s": round(_cpu_seconds(pid) - cpu0, 1) if pid else None,
+        "cpu_s_all_processes": round(sum(procs.values()), 1),
+        "cpu_s_by_process": {k: v for k, v in sorted(procs.items(), key=lambda kv: -kv[1])
+                             if v},
         "apiserver_requests": sum(api.values()),
         "apiserver_requests_top": dict(api.most_common(12)),
     }
@@ -271,6 +278,49 @@ def _apiserver_requests(cluster: Cluster) -> Counter[str]:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of *pid* and every live process under it (a peer runs under unshare)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += _cpu_seconds(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, []))
+    return total
+
+
+def _cpu_by_process(cluster: Cluster, op: OperatorProcess) -> dict[str, float]:
+    """CPU seconds so far of every process a burst loads: the control plane, kwok, both
+    controllers. On 2 cores they share, the sum is what decides a burst's time."""
+    assert cluster.state is not None
+    pids = {c.name: c.pid for c in cluster.state.components}
+    pids["slipway"] = op.pid
+    return {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def _wait_quiet(cluster: Cluster, op: OperatorProcess, below: float = 0.3,
+                for_s: float = 5.0, timeout: float = 120.0) -> float:
+    """Wait until every process together uses under *below* of a CPU for *for_s* seconds (the
+    last side's deletions, compactions and garbage collection done), so that the side that
+    runs next does not pay for the one before it. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        a = sum(_cpu_by_process(cluster, op).values())
+        time.sleep(for_s)
+        if (sum(_cpu_by_process(cluster, op).values()) - a) / for_s < below:
+            break
+    return round(time.monotonic() - t0, 1)
 
 
 def _count(cluster: Cluster, kind: str, namespace: str, phase: str) -> int:
@@ -354,9 +404,13 @@ def table(results: dict[str, Any]) -> str:
         for key, what in (("all_pods_s", "all pods exist (s)"),
                           ("all_succeeded_s", "all Succeeded (s)"),
                           ("pods_latency_p50_s", "create -> pods p50 (s)"),
-                          ("pods_latency_p99_s", "create -> pods p99 (s)")):
+                          ("pods_latency_p99_s", "create -> pods p99 (s)"),
+                          ("controller_cpu_s", "controller CPU (s)"),
+                          ("cpu_s_all_processes", "CPU of every process (s)"),
+                          ("apiserver_requests", "API server requests")):
             a, b = ours.get(key), peer.get(key)
-            ratio = f"{a / b:.2f}" if isinstance(a, float) and isinstance(b, float) and b else ""
+            ratio = f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(
+                b, (int, float)) and b else ""
             rows.append(f"| {ours.get('n')} jobs x {workers} worker(s): {what} | {a} | {b} "
                         f"| {ratio} |")
         rows.append(f"| {ours.get('n')} x {workers}: create -> Job p50 / p99 (s) | "
@@ -383,6 +437,11 @@ def main() -> int:
                          "peer's, so that what creates each side's pods (the Job controller, "
                          "the peer) has the same client budget")
     ap.add_argument("--no-peer", action="store_true", help="Slipway only")
+    ap.add_argument("--order", choices=("alternate", "peer-first", "slipway-first"),
+                    default="alternate",
+                    help="which side runs first at each shape; alternate: the peer at the "
+                         "1st, 3rd... shape, Slipway at the others (the side that runs second "
+                         "meets a control plane that has held the first side's burst)")
     ap.add_argument("--operator-src", type=Path, help="run the operator from DIR/operator")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--out", type=Path)
@@ -426,10 +485,18 @@ def main() -> int:
             results["burst"] = {}
             for workers in shapes if args.burst else []:
                 pair: dict[str, Any] = {}
-                for side in (["training-operator"] if peer else []) + ["slipway"]:
-                    print(f"burst: {args.burst} x {workers} worker(s), {side}", file=sys.stderr)
+                sides = (["training-operator"] if peer else []) + ["slipway"]
+                if args.order == "slipway-first" or (
+                        args.order == "alternate" and shapes.index(workers) % 2):
+                    sides.reverse()
+                for side in sides:
+                    quiet = _wait_quiet(cluster, op)
+                    print(f"burst: {args.burst} x {workers} worker(s), {side} (after {quiet} s "
+                          f"for the cluster to go quiet)", file=sys.stderr)
                     pair[side] = burst(cluster, op, side, args.burst, workers, args.timeout)
+                    pair[side]["quiet_wait_s"] = quiet
                     print(f"  {pair[side]}", file=sys.stderr)
+                pair["order"] = sides
                 results["burst"][str(workers)] = pair
             if args.steady:
                 print(f"steady state: {args.steady} objects", file=sys.stderr)
