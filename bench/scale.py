@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -54,6 +55,8 @@ from slipway.watch import Gone, watch_events
 
 CONCURRENCY = 16  # creates in flight, the same for both sides
 TJ_LABEL, PEER_LABEL = "slipway.dev/trainingjob", "training.kubeflow.org/job-name"
+# The plain Jobs' stand-in for TJ_LABEL, which the operator watches for.
+PLAIN_LABEL = "bench.slipway.dev/plain-job"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists"}
 
 
@@ -83,8 +86,28 @@ def _pytorchjob(name: str, workers: int) -> dict[str, Any]:
             "spec": {"runPolicy": {"backoffLimit": 0}, "pytorchReplicaSpecs": specs}}
 
 
+def _plain_job(name: str, workers: int, namespace: str) -> list[dict[str, Any]]:
+    """The Job (and headless Service) Slipway makes for `_tj(name, workers)`, without an owner:
+    what a Job-based design costs with no operator at all."""
+    from slipway.api.trainingjob import TrainingJobSpec
+    from slipway.builders.trainingjob import build_job, build_service
+
+    tj = {**_tj(name, workers), "metadata": {"name": name, "namespace": namespace,
+                                             "uid": f"00000000-0000-0000-0000-{name[2:]:0>12}",
+                                             "generation": 1}}
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    docs = [d for d in (build_job(spec, tj, suspend=False, attempt=0), build_service(spec, tj))
+            if d]
+    for doc in docs:
+        doc["metadata"].pop("ownerReferences", None)
+    # Under a label of their own (the Service's selector too), so that the operator's watches
+    # never see them.
+    return list(json.loads(json.dumps(docs).replace(TJ_LABEL, PLAIN_LABEL)))
+
+
 def _create_all(docs: list[dict[str, Any]], namespace: str) -> dict[str, float]:
-    """POST every doc, CONCURRENCY at a time; name -> monotonic time its POST returned."""
+    """POST every doc, CONCURRENCY at a time; key -> monotonic time its (last) POST returned,
+    the key being a plain Job's (or its Service's) label, else its name."""
     from slipway import kube
 
     created: dict[str, float] = {}
@@ -96,7 +119,9 @@ def _create_all(docs: list[dict[str, Any]], namespace: str) -> dict[str, float]:
             async with gate:
                 await kube.create({**doc, "metadata": {**doc["metadata"],
                                                        "namespace": namespace}})
-                created[doc["metadata"]["name"]] = time.monotonic()
+                meta = doc["metadata"]
+                created[(meta.get("labels") or {}).get(PLAIN_LABEL) or meta["name"]] = \
+                    time.monotonic()
 
         await asyncio.gather(*(one(d) for d in docs))
 
@@ -148,7 +173,10 @@ def _succeeded(obj: dict[str, Any]) -> bool:
     status = obj.get("status") or {}
     if status.get("phase") == "Succeeded":
         return True
-    return any(c.get("type") == "Succeeded" and c.get("status") == "True"
+    # A Job: SuccessCriteriaMet comes first (Kubernetes >= 1.31), Complete after its pods'
+    # finalizers are gone.
+    return any(c.get("type") in ("Succeeded", "SuccessCriteriaMet", "Complete")
+               and c.get("status") == "True"
                for c in status.get("conditions") or [])
 
 
@@ -165,10 +193,12 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
     every client: the controller, kube-controller-manager, the scheduler, kwok, this bench)."""
     namespace = f"burst-{side}-{workers}w"
     cluster.kubectl("create", "namespace", namespace)
-    ours = side == "slipway"
-    label = TJ_LABEL if ours else PEER_LABEL
-    owners = ("/apis/slipway.dev/v1alpha1" if ours else "/apis/kubeflow.org/v1") + \
-        f"/namespaces/{namespace}/" + ("trainingjobs" if ours else "pytorchjobs")
+    ours, plain = side == "slipway", side == "jobs"
+    label = {"slipway": TJ_LABEL, "jobs": PLAIN_LABEL, "training-operator": PEER_LABEL}[side]
+    owners = {"slipway": "/apis/slipway.dev/v1alpha1/namespaces/{}/trainingjobs",
+              "jobs": "/apis/batch/v1/namespaces/{}/jobs",
+              "training-operator": "/apis/kubeflow.org/v1/namespaces/{}/pytorchjobs",
+              }[side].format(namespace)
     pods: dict[str, set[str]] = {}
     all_pods: dict[str, float] = {}
     job_seen: dict[str, float] = {}
@@ -193,19 +223,24 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
 
     def on_owner(_: str, obj: dict[str, Any], at: float) -> None:
         if _succeeded(obj):
-            done.setdefault(obj["metadata"]["name"], at)
+            meta = obj["metadata"]
+            done.setdefault((meta.get("labels") or {}).get(PLAIN_LABEL) if plain
+                            else meta["name"], at)
 
     watches = [Watch(f"/api/v1/namespaces/{namespace}/pods", on_pod, label).start(),
-               Watch(owners, on_owner).start()]
+               Watch(owners, on_owner, PLAIN_LABEL if plain else None).start()]
     job_watch = Watch(f"/apis/batch/v1/namespaces/{namespace}/jobs", on_job, TJ_LABEL)
     if ours:
         watches.append(job_watch.start())
     time.sleep(1.0)  # the watches are open
-    pid = op.pid if ours else _peer_pid()
+    pid = op.pid if ours else None if plain else _peer_pid()
     cpu0, api0 = (_cpu_seconds(pid) if pid else 0.0), _apiserver_requests(cluster)
     procs0 = _cpu_by_process(cluster, op)
     ops0 = _operator_requests(op)
-    docs = [(_tj if ours else _pytorchjob)(f"j-{i:05d}", workers) for i in range(n)]
+    if plain:
+        docs = [d for i in range(n) for d in _plain_job(f"j-{i:05d}", workers, namespace)]
+    else:
+        docs = [(_tj if ours else _pytorchjob)(f"j-{i:05d}", workers) for i in range(n)]
     t0 = time.monotonic()
     created = _create_all(docs, namespace)
     created_s = time.monotonic() - t0
@@ -398,9 +433,11 @@ def steady(cluster: Cluster, op: OperatorProcess, total: int, idle_s: float,
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = ["| measure | Slipway | training-operator | ratio |", "|---|---|---|---|"]
+    rows = ["| measure | Slipway | training-operator | ratio | plain Jobs, no operator |",
+            "|---|---|---|---|---|"]
     for workers, pair in sorted(results.get("burst", {}).items()):
         ours, peer = pair.get("slipway") or {}, pair.get("training-operator") or {}
+        plain = pair.get("jobs") or {}
         for key, what in (("all_pods_s", "all pods exist (s)"),
                           ("all_succeeded_s", "all Succeeded (s)"),
                           ("pods_latency_p50_s", "create -> pods p50 (s)"),
@@ -412,15 +449,15 @@ def table(results: dict[str, Any]) -> str:
             ratio = f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(
                 b, (int, float)) and b else ""
             rows.append(f"| {ours.get('n')} jobs x {workers} worker(s): {what} | {a} | {b} "
-                        f"| {ratio} |")
+                        f"| {ratio} | {plain.get(key, '')} |")
         rows.append(f"| {ours.get('n')} x {workers}: create -> Job p50 / p99 (s) | "
-                    f"{ours.get('job_latency_p50_s')} / {ours.get('job_latency_p99_s')} | | |")
+                    f"{ours.get('job_latency_p50_s')} / {ours.get('job_latency_p99_s')} | | | |")
     st = results.get("steady")
     if st:
         for key in ("operator_rss_mib", "operator_cpu_s_per_min",
                     "operator_requests_per_min_total", "apiserver_requests_per_min_total",
                     "idle_resync_pass_ms", "deleted_job_back_s"):
-            rows.append(f"| steady, {st['objects']} objects: {key} | {st.get(key)} | | |")
+            rows.append(f"| steady, {st['objects']} objects: {key} | {st.get(key)} | | | |")
     return "\n".join(rows)
 
 
@@ -437,6 +474,9 @@ def main() -> int:
                          "peer's, so that what creates each side's pods (the Job controller, "
                          "the peer) has the same client budget")
     ap.add_argument("--no-peer", action="store_true", help="Slipway only")
+    ap.add_argument("--plain-jobs", action="store_true",
+                    help="a third side: the Jobs and Services Slipway would make, created "
+                         "directly with no operator (the floor of a Job-based design)")
     ap.add_argument("--order", choices=("alternate", "peer-first", "slipway-first"),
                     default="alternate",
                     help="which side runs first at each shape; alternate: the peer at the "
@@ -485,10 +525,14 @@ def main() -> int:
             results["burst"] = {}
             for workers in shapes if args.burst else []:
                 pair: dict[str, Any] = {}
-                sides = (["training-operator"] if peer else []) + ["slipway"]
-                if args.order == "slipway-first" or (
-                        args.order == "alternate" and shapes.index(workers) % 2):
-                    sides.reverse()
+                sides = (["training-operator"] if peer else []) + ["slipway"] + (
+                    ["jobs"] if args.plain_jobs else [])
+                if args.order == "slipway-first":
+                    sides.remove("slipway")
+                    sides.insert(0, "slipway")
+                elif args.order == "alternate":  # rotate: each side goes first in turn
+                    turn = shapes.index(workers) % len(sides)
+                    sides = sides[turn:] + sides[:turn]
                 for side in sides:
                     quiet = _wait_quiet(cluster, op)
                     print(f"burst: {args.burst} x {workers} worker(s), {side} (after {quiet} s "

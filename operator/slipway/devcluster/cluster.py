@@ -285,7 +285,9 @@ class Cluster:
             # No kubelet mounts tokens here, so skip the admission step that races
             # with the serviceaccount controller in freshly created namespaces.
             "--disable-admission-plugins=ServiceAccount",
-            "--allow-privileged=true", "--profiling=false", "--v=1",
+            "--allow-privileged=true", "--v=1",
+            # /debug/pprof, for finding what a benchmark costs the API server.
+            f"--profiling={'true' if os.environ.get('SLIPWAY_DEV_PROFILING') else 'false'}",
         ])
         self._wait(apiserver,
                    lambda: self._https_ok(f"https://127.0.0.1:{api_port}/readyz"), timeout=90)
