@@ -412,15 +412,31 @@ def test_pods_of_a_job_waiting_for_workers_are_read_after_a_grace_and_then_paced
         asyncio.run(ctl.job_event("MODIFIED", job))
     # Past the grace: the pods are read for the reason, and the status written.
     uid = job["metadata"]["uid"]
-    ctl._WAITING_SINCE[uid] -= ctl.POD_GRACE_SECONDS
+
+    def skip(seconds: float) -> None:  # as if *seconds* had passed
+        due, gap = ctl._WAITING_SINCE[uid]
+        ctl._WAITING_SINCE[uid] = (due - seconds, gap)
+
+    skip(ctl.POD_GRACE_SECONDS)
     assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"] and len(writes) == 1
-    # The next Job event comes a moment later: no second read until a grace has passed.
+    # The next Job event comes a moment later: no second read until twice the grace has
+    # passed (a job that waits long waits for the same reason), then four times, at most
+    # POD_READ_MAX_SECONDS.
     job["status"]["ready"] = 1
     jobs.put(job)
-    assert asyncio.run(ctl.reconcile(ref)) is not None and lists == ["Pod"]
+    recheck = asyncio.run(ctl.reconcile(ref))
+    assert recheck is not None and 1.9 * ctl.POD_GRACE_SECONDS < recheck <= \
+        2 * ctl.POD_GRACE_SECONDS and lists == ["Pod"]
+    skip(2 * ctl.POD_GRACE_SECONDS)
+    assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod", "Pod"]
+    recheck = asyncio.run(ctl.reconcile(ref))
+    assert recheck is not None and recheck > 3 * ctl.POD_GRACE_SECONDS
+    skip(ctl.POD_READ_MAX_SECONDS)
+    asyncio.run(ctl.reconcile(ref))
+    assert lists == ["Pod"] * 3 and ctl._WAITING_SINCE[uid][1] == ctl.POD_READ_MAX_SECONDS
     # Every worker ready: Running is written at once, and the pacing forgotten.
     job["status"]["ready"] = 2
     jobs.put(job)
-    assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"]
+    assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"] * 3
     assert fake.objects[("TrainingJob", "bert")]["status"]["phase"] == "Running"
     assert uid not in ctl._WAITING_SINCE

@@ -420,25 +420,30 @@ async def _reconcile(tj: dict[str, Any]) -> float | None:
     return recheck
 
 
-# Pods of a Job waiting for workers are read at most once this often, the first time
-# this long after its pods were seen created: they are being scheduled and started, and why
-# one is stuck (unschedulable, an image that cannot be pulled) only shows after a while. At
-# a burst of a thousand jobs, a LIST per Job event was the operator's most frequent read:
-# the Job controller, behind, makes the pods long after the Job started, and the scheduler
-# and kubelets take their time to start them (5 s was two reads and a write more per job).
+# Pods of a Job waiting for workers are first read this long after they were seen created:
+# they are being scheduled and started, and why one is stuck (unschedulable, an image that
+# cannot be pulled) only shows after a while. Later reads back off, doubling up to
+# POD_READ_MAX_SECONDS: a job that waits long (for GPUs, at a burst) waits for the same
+# reason, and its Job's counts still say at once when the workers run. At a burst of a
+# thousand jobs, a LIST per Job event was the operator's most frequent read: the Job
+# controller, behind, makes the pods long after the Job started, and the scheduler and
+# kubelets take their time to start them.
 POD_GRACE_SECONDS = 15.0
-# Job UID -> when its pods were last read, or first seen waiting (time.monotonic()).
-_WAITING_SINCE: dict[str, float] = {}
+POD_READ_MAX_SECONDS = 60.0
+# Job UID -> (when its pods are next worth reading, the wait before the read after that),
+# in time.monotonic().
+_WAITING_SINCE: dict[str, tuple[float, float]] = {}
 
 
 def _pods_due_in(job: dict[str, Any]) -> float | None:
     """Seconds until the pods of *job* (waiting for workers) are worth reading; None: now
-    (and the next look is a grace period away)."""
+    (and the next read is twice as far away as the last, up to POD_READ_MAX_SECONDS)."""
     uid, now = job["metadata"].get("uid") or job["metadata"]["name"], time.monotonic()
-    since = _WAITING_SINCE.setdefault(uid, now)
-    if now - since < POD_GRACE_SECONDS:
-        return POD_GRACE_SECONDS - (now - since)
-    _WAITING_SINCE[uid] = now
+    due, gap = _WAITING_SINCE.setdefault(uid, (now + POD_GRACE_SECONDS, POD_GRACE_SECONDS))
+    if now < due:
+        return due - now
+    gap = min(2 * gap, POD_READ_MAX_SECONDS)
+    _WAITING_SINCE[uid] = (now + gap, gap)
     return None
 
 
