@@ -520,7 +520,8 @@ def main() -> int:
         if args.operator_src:
             extra["PYTHONPATH"] = str(args.operator_src.resolve() / "operator")
         op = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log",
-                             resync_seconds=15, extra_env=extra).start()
+                             resync_seconds=15, pod_reason_seconds=None,
+                             extra_env=extra).start()
         try:
             results["burst"] = {}
             for workers in shapes if args.burst else []:

@@ -23,6 +23,10 @@ class Settings(BaseModel):
     json_logs: bool = False
     resync_seconds: float = Field(
         15.0, description="How often the resync loop re-checks every object.")
+    pod_reason_seconds: float = Field(
+        60.0, description="How long the workers of a TrainingJob may wait (to be scheduled, "
+                          "to start) before their pods are read for the reason, shown as the "
+                          "Pending reason with a Warning Event.")
     kserve_default_deployment_mode: str = "Standard"
     prometheus_url: str | None = Field(
         None, description="Prometheus the Canary analysis queries (SLIPWAY_PROMETHEUS_URL).")
@@ -45,6 +49,7 @@ class Settings(BaseModel):
             metrics_port=int(env.get("SLIPWAY_METRICS_PORT", "9100")),
             json_logs=flag("SLIPWAY_JSON_LOGS"),
             resync_seconds=float(env.get("SLIPWAY_RESYNC_SECONDS", "15")),
+            pod_reason_seconds=float(env.get("SLIPWAY_POD_REASON_SECONDS", "60")),
             kserve_default_deployment_mode=env.get("SLIPWAY_KSERVE_DEPLOYMENT_MODE", "Standard"),
             prometheus_url=env.get("SLIPWAY_PROMETHEUS_URL") or None,
         )

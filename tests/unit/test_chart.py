@@ -295,6 +295,7 @@ def test_service_monitor_scrapes_the_metrics_service(render: Callable[..., Docs]
     ({"livenessPort": "abc"}, "/livenessPort"),
     ({"replicaCount": 0}, "/replicaCount"),
     ({"resyncSeconds": 0}, "/resyncSeconds"),
+    ({"podReasonSeconds": 0}, "/podReasonSeconds"),
     ({"metrics": {"port": 70000}}, "/metrics/port"),
     ({"metrics": {"serviceMonitor": {"enabeld": True}}}, "enabeld"),
     ({"leaderElection": {"enabled": "yes"}}, "/leaderElection/enabled"),

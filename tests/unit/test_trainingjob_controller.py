@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from slipway import kube
+from slipway.config import Settings
 from slipway.controllers import trainingjob as ctl
 
 NS = "ml"
@@ -397,13 +398,15 @@ def test_pods_of_a_job_waiting_for_workers_are_read_after_a_grace_and_then_paced
 
     monkeypatch.setattr(kube, "list_objects", counted)
     monkeypatch.setattr(ctl, "write_status", written)
+    grace = 15.0  # settings.pod_reason_seconds: reads at 15, 30 s later, then every 60 s
+    monkeypatch.setattr(ctl, "active", lambda: Settings(pod_reason_seconds=grace))
     # The Job controller made the pods long after the Job started (behind, at a burst): the
     # grace runs from when the operator first sees the pods made, not from the Job's start.
     job["status"] = {"active": 2, "ready": 0, "startTime": "2020-01-01T00:00:00Z"}
     jobs.put(job)
     ref = {"metadata": {"namespace": NS, "name": "bert"}}
     recheck = asyncio.run(ctl.reconcile(ref))
-    assert lists == [] and recheck is not None and 0 < recheck <= ctl.POD_GRACE_SECONDS
+    assert lists == [] and recheck is not None and 0 < recheck <= grace
     # Pending on this Job already: a change of the counts alone is no status write.
     assert writes == [] and fake.objects[("TrainingJob", "bert")]["status"]["phase"] == \
         "Pending"
@@ -417,7 +420,7 @@ def test_pods_of_a_job_waiting_for_workers_are_read_after_a_grace_and_then_paced
         due, gap = ctl._WAITING_SINCE[uid]
         ctl._WAITING_SINCE[uid] = (due - seconds, gap)
 
-    skip(ctl.POD_GRACE_SECONDS)
+    skip(grace)
     assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod"] and len(writes) == 1
     # The next Job event comes a moment later: no second read until twice the grace has
     # passed (a job that waits long waits for the same reason), then four times, at most
@@ -425,12 +428,12 @@ def test_pods_of_a_job_waiting_for_workers_are_read_after_a_grace_and_then_paced
     job["status"]["ready"] = 1
     jobs.put(job)
     recheck = asyncio.run(ctl.reconcile(ref))
-    assert recheck is not None and 1.9 * ctl.POD_GRACE_SECONDS < recheck <= \
-        2 * ctl.POD_GRACE_SECONDS and lists == ["Pod"]
-    skip(2 * ctl.POD_GRACE_SECONDS)
+    assert recheck is not None and 1.9 * grace < recheck <= \
+        2 * grace and lists == ["Pod"]
+    skip(2 * grace)
     assert asyncio.run(ctl.reconcile(ref)) is None and lists == ["Pod", "Pod"]
     recheck = asyncio.run(ctl.reconcile(ref))
-    assert recheck is not None and recheck > 3 * ctl.POD_GRACE_SECONDS
+    assert recheck is not None and recheck > 3 * grace
     skip(ctl.POD_READ_MAX_SECONDS)
     asyncio.run(ctl.reconcile(ref))
     assert lists == ["Pod"] * 3 and ctl._WAITING_SINCE[uid][1] == ctl.POD_READ_MAX_SECONDS

@@ -420,15 +420,14 @@ async def _reconcile(tj: dict[str, Any]) -> float | None:
     return recheck
 
 
-# Pods of a Job waiting for workers are first read this long after they were seen created:
-# they are being scheduled and started, and why one is stuck (unschedulable, an image that
+# The pods of a Job waiting for its workers are first read settings.pod_reason_seconds (60)
+# after they were seen made: until then they are being scheduled and started, which on a
+# busy cluster takes tens of seconds, and why one is stuck (unschedulable, an image that
 # cannot be pulled) only shows after a while. Later reads back off, doubling up to
-# POD_READ_MAX_SECONDS: a job that waits long (for GPUs, at a burst) waits for the same
-# reason, and its Job's counts still say at once when the workers run. At a burst of a
-# thousand jobs, a LIST per Job event was the operator's most frequent read: the Job
-# controller, behind, makes the pods long after the Job started, and the scheduler and
-# kubelets take their time to start them.
-POD_GRACE_SECONDS = 15.0
+# POD_READ_MAX_SECONDS (or the first wait, if longer): a job that waits long waits for the
+# same reason, and its Job's counts still say at once when the workers run. At a burst of
+# a thousand 2-worker jobs that wait for GPUs, reading after 15 s cost a LIST, a status
+# write and a Warning Event per waiting job, and half again the burst's time.
 POD_READ_MAX_SECONDS = 60.0
 # Job UID -> (when its pods are next worth reading, the wait before the read after that),
 # in time.monotonic().
@@ -439,10 +438,11 @@ def _pods_due_in(job: dict[str, Any]) -> float | None:
     """Seconds until the pods of *job* (waiting for workers) are worth reading; None: now
     (and the next read is twice as far away as the last, up to POD_READ_MAX_SECONDS)."""
     uid, now = job["metadata"].get("uid") or job["metadata"]["name"], time.monotonic()
-    due, gap = _WAITING_SINCE.setdefault(uid, (now + POD_GRACE_SECONDS, POD_GRACE_SECONDS))
+    grace = active().pod_reason_seconds
+    due, gap = _WAITING_SINCE.setdefault(uid, (now + grace, grace))
     if now < due:
         return due - now
-    gap = min(2 * gap, POD_READ_MAX_SECONDS)
+    gap = min(2 * gap, max(grace, POD_READ_MAX_SECONDS))
     _WAITING_SINCE[uid] = (now + gap, gap)
     return None
 

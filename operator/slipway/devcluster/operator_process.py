@@ -18,6 +18,7 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log_path: Path, liveness_port: int | None = None,
                  resync_seconds: float = 3.0, extra_env: dict[str, str] | None = None,
+                 pod_reason_seconds: float | None = 10.0,
                  prometheus_targets: Path | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -26,6 +27,8 @@ class OperatorProcess:
         # The local Prometheus's file-SD folder: the operator is scraped while it runs.
         self.prometheus_targets = prometheus_targets
         self.env = {"SLIPWAY_RESYNC_SECONDS": str(resync_seconds), **(extra_env or {})}
+        if pod_reason_seconds is not None:  # None: the operator's default (the benchmarks)
+            self.env["SLIPWAY_POD_REASON_SECONDS"] = str(pod_reason_seconds)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
