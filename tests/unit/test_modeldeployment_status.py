@@ -217,3 +217,28 @@ def test_one_warning_event_for_an_unsupported_field() -> None:
     evs = transition_events({"phase": "Pending", "conditions": resolved()},
                             {"phase": "Failed", "message": message, "conditions": conds})
     assert evs == [("Warning", "MetricNeedsKnative", message)]
+
+
+def test_ready_in_standard_mode_is_loaded_before_kserve_says_so() -> None:
+    """KServe writes Ready=True one reconcile before it sets activeModelState Loaded (its own
+    rule in Standard mode: Ready means Loaded). The ModelDeployment applies that rule at once;
+    in Knative mode, or with no mode known, it waits for KServe's word."""
+    status = ready_status()
+    status["modelStatus"] = {"states": {"targetModelState": "Pending"},
+                             "transitionStatus": "InProgress"}
+    for mode, expected in (("Standard", "True"), ("RawDeployment", "True"),
+                           ("Serverless", "Unknown"), (None, "Unknown")):
+        obj = isvc(status)
+        if mode:
+            obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = mode
+        seen = mirror_status(obj, resolved(), stopped=False, now=NOW)
+        assert seen.phase == "Ready"
+        loaded = get_condition(seen.conditions, MODEL_LOADED)
+        assert loaded is not None and loaded["status"] == expected, (mode, loaded)
+    # Not Ready in Standard mode: still not loaded.
+    status["conditions"] = [{"type": "Ready", "status": "False", "reason": "PredictorNotReady"}]
+    obj = isvc(status)
+    obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Standard"
+    loaded = get_condition(mirror_status(obj, resolved(), stopped=False, now=NOW).conditions,
+                           MODEL_LOADED)
+    assert loaded is not None and loaded["status"] == "Unknown"

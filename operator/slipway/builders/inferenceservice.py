@@ -31,6 +31,8 @@ from slipway.builders.meta import child_metadata
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe's names for a Deployment-backed (not Knative) InferenceService, new and old.
+RAW_MODES = frozenset({"Standard", "RawDeployment"})
 STOP_ANNOTATION = "serving.kserve.io/stop"
 VERSION_KEY = "slipway.dev/model-version"
 FORMAT_LABEL = "slipway.dev/model-format"

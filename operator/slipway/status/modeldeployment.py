@@ -11,8 +11,10 @@ from typing import Any
 
 from slipway.api.common import get_condition, set_condition
 from slipway.builders.inferenceservice import (
+    DEPLOYMENT_MODE_ANNOTATION,
     MODEL_LOADED,
     MODEL_RESOLVED,
+    RAW_MODES,
     READY,
     SPEC_SUPPORTED,
     VERSION_KEY,
@@ -103,7 +105,13 @@ def mirror_status(isvc: dict[str, Any] | None, conditions: list[dict[str, Any]],
             conditions, MODEL_LOADED, "False", failure.get("reason") or "FailedToLoad",
             failure.get("message") or "the model server failed to load the model",
             generation, now)
-    elif active == "Loaded":
+    elif active == "Loaded" or (
+            annotations.get(DEPLOYMENT_MODE_ANNOTATION) in RAW_MODES
+            and (ready or {}).get("status") == "True"):
+        # In Standard mode KServe itself takes a Ready InferenceService as Loaded, but only
+        # on its next reconcile: the one that first writes Ready=True still leaves
+        # activeModelState empty. Apply its rule now rather than show a served model as
+        # not loaded.
         conditions = set_condition(conditions, MODEL_LOADED, "True", "Loaded",
                                    "the model is loaded", generation, now)
     else:
