@@ -234,7 +234,7 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
         watches.append(job_watch.start())
     time.sleep(1.0)  # the watches are open
     pid = op.pid if ours else None if plain else _peer_pid()
-    cpu0, api0 = (_cpu_seconds(pid) if pid else 0.0), _apiserver_requests(cluster)
+    cpu0, counters0 = (_cpu_seconds(pid) if pid else 0.0), _apiserver_counters(cluster)
     procs0 = _cpu_by_process(cluster, op)
     ops0 = _operator_requests(op)
     if plain:
@@ -250,8 +250,10 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
     for w in watches:
         w.stop.set()
     procs = {k: round(v - procs0.get(k, 0.0), 1) for k, v in _cpu_by_process(cluster, op).items()}
-    api = _apiserver_requests(cluster)
-    api.subtract(api0)
+    counters = _apiserver_counters(cluster)
+    for kind, values in counters.items():
+        values.subtract(counters0[kind])
+    api = counters["requests"]
     ops = _operator_requests(op)
     ops.subtract(ops0)
     result: dict[str, Any] = {
@@ -267,6 +269,9 @@ def burst(cluster: Cluster, op: OperatorProcess, side: str, n: int, workers: int
                              if v},
         "apiserver_requests": sum(api.values()),
         "apiserver_requests_top": dict(api.most_common(12)),
+        "apiserver_ms_total": sum(counters["ms"].values()),
+        "apiserver_ms_top": dict(counters["ms"].most_common(12)),
+        "apiserver_watch_events_top": dict(counters["watch_events"].most_common(10)),
     }
     if ours:
         result["operator_requests"] = {k: v for k, v in ops.items()
@@ -298,15 +303,33 @@ def _operator_requests(op: OperatorProcess) -> Counter[str]:
 
 
 def _apiserver_requests(cluster: Cluster) -> Counter[str]:
+    return _apiserver_counters(cluster)["requests"]
+
+
+def _apiserver_counters(cluster: Cluster) -> dict[str, Counter[str]]:
+    """From the API server's own metrics, by "VERB resource": the requests it served and the
+    milliseconds it spent serving them (WATCH left out: long-lived), and by kind the watch
+    events it sent (one change reaches every watcher of its kind: the fan-out)."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    out: Counter[str] = Counter()
+    out: dict[str, Counter[str]] = {"requests": Counter(), "ms": Counter(),
+                                    "watch_events": Counter()}
     for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
+        name, _, rest = line.partition("{")
+        if name not in ("apiserver_request_total", "apiserver_request_duration_seconds_sum",
+                        "apiserver_watch_events_total"):
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        value = float(line.split()[-1])
+        if name == "apiserver_watch_events_total":
+            out["watch_events"][f"{labels.get('kind')}.{labels.get('group')}"] += int(value)
+            continue
         if labels.get("verb") == "WATCH":
             continue
-        out[f"{labels.get('verb')} {labels.get('resource')}"] += int(float(line.split()[-1]))
+        key = f"{labels.get('verb')} {labels.get('resource')}"
+        if name == "apiserver_request_total":
+            out["requests"][key] += int(value)
+        else:
+            out["ms"][key] += int(value * 1000)
     return out
 
 
@@ -444,7 +467,8 @@ def table(results: dict[str, Any]) -> str:
                           ("pods_latency_p99_s", "create -> pods p99 (s)"),
                           ("controller_cpu_s", "controller CPU (s)"),
                           ("cpu_s_all_processes", "CPU of every process (s)"),
-                          ("apiserver_requests", "API server requests")):
+                          ("apiserver_requests", "API server requests"),
+                          ("apiserver_ms_total", "API server time in requests (ms)")):
             a, b = ours.get(key), peer.get(key)
             ratio = f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(
                 b, (int, float)) and b else ""
