@@ -59,14 +59,19 @@ build() { # build <tooldir> <binary-name> <package> [ldflags]
   out=$(path_of "$dir" "$name")
   if [ -x "$out" ]; then return 0; fi
   echo ">> building $name ($pkg)" >&2
-  local start=$SECONDS
+  # A name of this build's own: two builds of the same tool at once (a test building helm
+  # while CI builds everything) each write their own file and the last rename wins.
+  local start=$SECONDS tmp="$out.$BASHPID.tmp" log="$cache/logs/$name.$BASHPID.log"
   if ! (cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" \
-          -tags "${TAGS:-}" -o "$out.tmp" "$pkg") >"$cache/logs/$name.log" 2>&1; then
+          -tags "${TAGS:-}" -o "$tmp" "$pkg") >"$log" 2>&1; then
+    mv -f "$log" "$cache/logs/$name.log"
     echo "!! building $name failed; tail of $cache/logs/$name.log:" >&2
     tail -n 30 "$cache/logs/$name.log" >&2
+    rm -f "$tmp"
     return 1
   fi
-  mv "$out.tmp" "$out"
+  mv -f "$log" "$cache/logs/$name.log"
+  mv -f "$tmp" "$out"
   echo ">> built $name in $((SECONDS - start))s" >&2
 }
 
