@@ -22,9 +22,9 @@ class Settings(BaseModel):
     metrics_port: int = 9100
     json_logs: bool = False
     resync_seconds: float = Field(
-        15.0, description="How often the resync loop re-checks every object.")
+        15.0, gt=0, description="How often the resync loop re-checks every object.")
     pod_reason_seconds: float = Field(
-        60.0, description="How long the workers of a TrainingJob may wait (to be scheduled, "
+        60.0, gt=0, description="How long the workers of a TrainingJob may wait (to be scheduled, "
                           "to start) before their pods are read for the reason, shown as the "
                           "Pending reason with a Warning Event.")
     kserve_default_deployment_mode: str = "Standard"
