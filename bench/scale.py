@@ -321,7 +321,8 @@ def _apiserver_counters(cluster: Cluster) -> dict[str, Counter[str]]:
         labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         value = float(line.split()[-1])
         if name == "apiserver_watch_events_total":
-            out["watch_events"][f"{labels.get('kind')}.{labels.get('group')}"] += int(value)
+            kind = labels.get("resource") or labels.get("kind")  # the label's name varies
+            out["watch_events"][f"{kind}.{labels.get('group')}".rstrip(".")] += int(value)
             continue
         if labels.get("verb") == "WATCH":
             continue
